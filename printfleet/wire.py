@@ -346,6 +346,7 @@ class JobPrint(Body):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     copies: int = Field(default=1, ge=1, le=100)
     priority: int = Field(default=0, ge=-100, le=100)
+    order: int = Field(default=0, ge=0)  # the controller's submission sequence: print order within a priority
     submitted_at: int
     expires_at: int | None = None
     lease_until: int

@@ -1,0 +1,275 @@
+"""The HTTP API for operators and client apps (FastAPI). Every route but /healthz needs a token."""
+
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.controller import Controller
+from cloud.errors import ControllerError
+from cloud.jobs import JobStore, Submission, job_view
+from cloud.models import ApiToken
+from cloud.registry import PrinterInput, Registry, device_view, printer_view
+from printfleet import wire
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 6 * 1024 * 1024
+SCOPE_RANK = {"read": 0, "print": 1, "admin": 2}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiContext:
+    registry: Registry
+    jobs: JobStore
+    controller: Controller
+    agent_config: Callable[[str, str], dict[str, Any]]
+    health: Callable[[], Awaitable[dict[str, Any]]]
+
+
+class DeviceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    serial_url: str
+    baud: int = 19200
+    profile: str = "generic-80"
+    flow_control: Literal["none", "rtscts", "xonxoff"] = "none"
+
+
+class PrinterIn(DeviceIn):
+    device: str
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    printer: str
+    text: str | None = None
+    document: dict[str, Any] | None = None
+    raw_base64: str | None = None
+    copies: int = Field(default=1, ge=1, le=100)
+    priority: int = Field(default=0, ge=-100, le=100)
+    ttl: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(title="printfleet", version="1", docs_url="/docs", redoc_url=None)
+
+    @app.exception_handler(ControllerError)
+    async def _controller_error(_req: Request, exc: ControllerError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return JSONResponse({"error": f"{loc}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
+
+    async def token(authorization: Annotated[str | None, Header()] = None) -> ApiToken:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise ControllerError("missing bearer token", status=401)
+        row = await ctx.registry.check_token(authorization[7:].strip())
+        if row is None:
+            raise ControllerError("invalid or revoked token", status=401)
+        return row
+
+    def need(scope: str) -> Callable[[ApiToken], Awaitable[ApiToken]]:
+        async def check(tok: Annotated[ApiToken, Depends(token)]) -> ApiToken:
+            if SCOPE_RANK.get(tok.scope, -1) < SCOPE_RANK[scope]:
+                raise ControllerError(f"token {tok.name!r} ({tok.scope}) may not do this: needs {scope}", status=403)
+            return tok
+
+        return check
+
+    Read = Annotated[ApiToken, Depends(need("read"))]
+    PrintScope = Annotated[ApiToken, Depends(need("print"))]
+    Admin = Annotated[ApiToken, Depends(need("admin"))]
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        body = await ctx.health()
+        return JSONResponse(body, status_code=200 if body.get("status") == "ok" else 503)
+
+    # -- devices and printers -----------------------------------------------------------------
+
+    @app.get("/v1/devices")
+    async def list_devices(_t: Read) -> list[dict[str, Any]]:
+        now = wire.now_ms()
+        return [device_view(d, now) for d in await ctx.registry.list_devices()]
+
+    @app.get("/v1/devices/{name}")
+    async def get_device(name: str, _t: Read) -> dict[str, Any]:
+        return device_view(await ctx.registry.get_device(name), wire.now_ms())
+
+    @app.post("/v1/devices", status_code=201)
+    async def add_device(body: DeviceIn, _t: Admin) -> dict[str, Any]:
+        device, secret = await ctx.registry.add_device(
+            body.name,
+            PrinterInput(
+                name=body.name,
+                serial_url=body.serial_url,
+                baud=body.baud,
+                profile=body.profile,
+                flow_control=body.flow_control,
+            ),
+        )
+        return {"device": device_view(device, wire.now_ms()), "agent_config": ctx.agent_config(device.name, secret)}
+
+    @app.delete("/v1/devices/{name}")
+    async def remove_device(name: str, _t: Admin) -> dict[str, Any]:
+        printers = await ctx.registry.remove_device(name)
+        await ctx.controller.device_removed(name, printers)
+        return {"removed": name, "printers": printers}
+
+    @app.get("/v1/printers")
+    async def list_printers(_t: Read) -> list[dict[str, Any]]:
+        return [printer_view(p) for p in await ctx.registry.list_printers()]
+
+    @app.get("/v1/printers/{name}")
+    async def get_printer(name: str, _t: Read) -> dict[str, Any]:
+        return printer_view(await ctx.registry.get_printer(name))
+
+    @app.post("/v1/printers", status_code=201)
+    async def add_printer(body: PrinterIn, _t: Admin) -> dict[str, Any]:
+        printer = await ctx.registry.add_printer(
+            body.device,
+            PrinterInput(
+                name=body.name,
+                serial_url=body.serial_url,
+                baud=body.baud,
+                profile=body.profile,
+                flow_control=body.flow_control,
+            ),
+        )
+        await ctx.controller.push_config(body.device)
+        return printer_view(printer)
+
+    @app.delete("/v1/printers/{name}")
+    async def remove_printer(name: str, _t: Admin) -> dict[str, Any]:
+        device = await ctx.registry.remove_printer(name)
+        for job in await ctx.jobs.open_jobs_for_printers([name]):
+            await ctx.jobs.transition(job.id, wire.JobState.CANCELLED, detail="printer removed", source="api")
+        await ctx.controller.push_config(device)
+        return {"removed": name, "device": device}
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    @app.post("/v1/jobs", status_code=201)
+    async def submit_job(
+        body: JobIn,
+        tok: PrintScope,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        given = [k for k in ("text", "document", "raw_base64") if getattr(body, k) is not None]
+        if len(given) != 1:
+            raise ControllerError("give exactly one of text, document, raw_base64", status=422)
+        content: Any
+        kind: Literal["text", "doc", "raw"]
+        if body.text is not None:
+            kind, content = "text", body.text
+        elif body.document is not None:
+            kind, content = "doc", body.document
+        else:
+            kind = "raw"
+            try:
+                content = base64.b64decode(body.raw_base64 or "", validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ControllerError("raw_base64 is not valid base64", status=422) from exc
+        key = body.idempotency_key or idempotency_key
+        job, created = await ctx.jobs.submit(
+            Submission(
+                printer=body.printer,
+                kind=kind,
+                content=content,
+                copies=body.copies,
+                priority=body.priority,
+                ttl_s=body.ttl,
+                idempotency_key=key,
+                client=tok.name,
+            )
+        )
+        if created:
+            ctx.controller.wake_outbox()
+        return JSONResponse(job_view(job, events=True), status_code=201 if created else 200)
+
+    @app.get("/v1/jobs")
+    async def list_jobs(
+        _t: Read,
+        printer: str | None = None,
+        state: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        return [job_view(j) for j in await ctx.jobs.list(printer=printer, state=state, limit=limit)]
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str, _t: Read) -> dict[str, Any]:
+        return job_view(await ctx.jobs.get(job_id), events=True)
+
+    @app.get("/v1/jobs/{job_id}/wait")
+    async def wait_job(
+        job_id: str, _t: Read, timeout: Annotated[float, Query(gt=0, le=300)] = 30.0
+    ) -> dict[str, Any]:
+        """Long-poll: answer when the job is terminal, or with its current state at the timeout."""
+        async with ctx.jobs.feed.subscribe() as q:
+            job = await ctx.jobs.get(job_id)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while not wire.JobState(job.state).terminal:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(q.get(), timeout=remaining)
+                except TimeoutError:
+                    break
+                if event["job"] == job_id:
+                    job = await ctx.jobs.get(job_id)
+            return job_view(job, events=True)
+
+    @app.post("/v1/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str, tok: PrintScope) -> dict[str, Any]:
+        return await ctx.controller.cancel_job(job_id, f"api:{tok.name}")
+
+    @app.post("/v1/jobs/{job_id}/reprint", status_code=201)
+    async def reprint_job(job_id: str, tok: PrintScope) -> dict[str, Any]:
+        job = await ctx.jobs.reprint(job_id, tok.name)
+        ctx.controller.wake_outbox()
+        return job_view(job, events=True)
+
+    @app.get("/v1/events")
+    async def events(_t: Read, printer: str | None = None) -> StreamingResponse:
+        """Job transitions as they happen, one JSON object per line."""
+
+        async def stream() -> AsyncIterator[bytes]:
+            async with ctx.jobs.feed.subscribe() as q:
+                yield b'{"type":"hello"}\n'
+                while True:
+                    try:
+                        event = await asyncio.wait_for(q.get(), timeout=15)
+                    except TimeoutError:
+                        yield b'{"type":"keepalive"}\n'
+                        continue
+                    if printer is None or event["printer"] == printer:
+                        yield (json.dumps({"type": "job", **event}) + "\n").encode()
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+    return app

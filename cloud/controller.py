@@ -1,0 +1,336 @@
+"""The controller's MQTT side: presence, the job outbox, and every report from the fleet.
+
+Durability lives here and in each agent's journal, never in the broker: a job is resent with
+backoff until its agent acknowledges it, and again at once whenever the agent comes back online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+import aiomqtt
+
+from cloud.config import ControllerConfig
+from cloud.jobs import JobStore
+from cloud.models import Job
+from cloud.presence import Presence, PresenceChange
+from cloud.registry import Registry
+from printfleet import wire
+
+log = logging.getLogger(__name__)
+
+S = wire.JobState
+
+
+class LinkState(StrEnum):
+    DISCONNECTED = "disconnected"
+    CONNECTED = "connected"
+    STOPPED = "stopped"
+
+
+class Controller:
+    """Owns the controller's one MQTT session and the loops that act on it."""
+
+    def __init__(
+        self,
+        *,
+        config: ControllerConfig,
+        registry: Registry,
+        jobs: JobStore,
+        presence: Presence,
+        signing_key: wire.SigningKey,
+        broker_host: str,
+        broker_port: int,
+        secret: str,
+        session_number: int,
+        on_kick: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.jobs = jobs
+        self.presence = presence
+        self.key = signing_key
+        self.peer = wire.Peer(role=wire.Role.CONTROLLER, name=config.controller_name)
+        self._host = broker_host
+        self._port = broker_port
+        self._secret = secret
+        self.session_number = session_number
+        self._seq = wire.Sequencer(session_number << 32)
+        self._client: aiomqtt.Client | None = None
+        self._wake_outbox = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.state = LinkState.DISCONNECTED
+        self._on_kick = on_kick
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.presence.mark_all_unknown()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._mqtt_loop(), name="controller-mqtt")
+                tg.create_task(self._outbox_loop(), name="controller-outbox")
+                tg.create_task(self._presence_loop(), name="controller-presence")
+                tg.create_task(self._housekeeping_loop(), name="controller-housekeeping")
+        finally:
+            self.state = LinkState.STOPPED
+
+    async def _mqtt_loop(self) -> None:
+        backoff = 0.2
+        offline = wire.Envelope.build(
+            wire.ControllerOffline(session=self.session_number), src=self.peer, dst="*", seq=0
+        ).signed(self.key)
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self._host,
+                    self._port,
+                    identifier=self.peer.client_id,
+                    username=self.peer.client_id,
+                    password=self._secret,
+                    keepalive=10,
+                    clean_session=True,
+                    timeout=10,
+                    will=aiomqtt.Will(wire.CONTROLLER_PRESENCE_TOPIC, offline.encode(), qos=1, retain=True),
+                ) as client:
+                    for topic in wire.CONTROLLER_SUBSCRIPTIONS:
+                        await client.subscribe(topic, qos=1)
+                    online = self._envelope(
+                        wire.ControllerOnline(session=self.session_number, started_at=wire.now_ms()), "*"
+                    )
+                    await client.publish(wire.CONTROLLER_PRESENCE_TOPIC, online.encode(), qos=1, retain=True)
+                    self._client = client
+                    self.state = LinkState.CONNECTED
+                    self.connected.set()
+                    self._wake_outbox.set()
+                    backoff = 0.2
+                    log.info("controller connected to broker %s:%d", self._host, self._port)
+                    async for message in client.messages:
+                        await self._handle(message)
+            except aiomqtt.MqttError as exc:
+                log.warning("controller lost the broker (%s); reconnecting in %.1f s", exc, backoff)
+            finally:
+                self._client = None
+                self.connected.clear()
+                if self.state is not LinkState.STOPPED:
+                    self.state = LinkState.DISCONNECTED
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 5.0)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _envelope(self, body: wire.Body, dst: wire.Peer | str, exp: int | None = None) -> wire.Envelope:
+        return wire.Envelope.build(body, src=self.peer, dst=dst, seq=self._seq.next(), exp=exp).signed(self.key)
+
+    async def send(self, peer: wire.Peer, body: wire.Body, *, exp: int | None = None) -> bool:
+        """Publish a signed instruction to a peer; False if the broker is not reachable now."""
+        client = self._client
+        if client is None:
+            return False
+        env = self._envelope(body, peer, exp)
+        try:
+            await client.publish(peer.topic(wire.Channel.DOWN), env.encode(), qos=1)
+        except aiomqtt.MqttError as exc:
+            log.warning("publish to %s failed: %s", peer, exc)
+            return False
+        return True
+
+    def wake_outbox(self) -> None:
+        self._wake_outbox.set()
+
+    async def push_config(self, device: str) -> None:
+        try:
+            cfg = await self.registry.printers_config(device)
+        except Exception:  # the device may have been removed meanwhile
+            log.debug("no config to push to %s", device, exc_info=True)
+            return
+        await self.send(_device_peer(device), cfg)
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            return
+        try:
+            peer, channel = wire.parse_topic(topic)
+            env = wire.decode(payload)
+        except wire.WireError as exc:
+            log.warning("dropped a message on %s: %s", topic, exc)
+            return
+        if env.src != peer.client_id:
+            log.warning("dropped a message on %s claiming to come from %s", topic, env.src)
+            return
+        allowed = wire.PRESENCE_TYPES if channel is wire.Channel.PRESENCE else wire.UPSTREAM_TYPES
+        if env.type not in allowed or channel is wire.Channel.DOWN:
+            log.warning("dropped a %s message on %s", env.type, topic)
+            return
+        if peer.role is not wire.Role.DEVICE:
+            return  # bridges arrive with the BLE fallback
+        try:
+            await self._dispatch(peer, env)
+        except wire.WireError as exc:
+            log.warning("dropped %s from %s: %s", env.type, peer, exc)
+
+    async def _dispatch(self, peer: wire.Peer, env: wire.Envelope) -> None:
+        name = peer.name
+        match env.type:
+            case wire.MsgType.BIRTH:
+                change = await self.presence.on_birth(name, env.parsed(wire.Birth))
+                if change is not None:
+                    await self._came_online(change)
+            case wire.MsgType.WILL:
+                await self.presence.on_will(name, env.parsed(wire.Will))
+            case wire.MsgType.HEARTBEAT:
+                hb = env.parsed(wire.Heartbeat)
+                change = await self.presence.on_heartbeat(name, hb)
+                if change is None:
+                    return
+                device = await self.registry.get_device(name)
+                await self.send(
+                    peer,
+                    wire.HeartbeatAck(hb_seq=hb.hb_seq, ctl_ts=wire.now_ms(), config_version=device.config_version),
+                )
+                if change.came_online:
+                    await self._came_online(change)
+                elif change.config_stale:
+                    await self.push_config(name)
+            case wire.MsgType.HEARTBEAT_ECHO:
+                await self.presence.on_echo(name, env.parsed(wire.HeartbeatEcho))
+            case wire.MsgType.JOB_REPORT:
+                await self._on_report(peer, env.parsed(wire.JobReport))
+            case wire.MsgType.SYNC_REQUEST:
+                await self.push_config(name)
+                await self.jobs.resend_now(name)
+                self.wake_outbox()
+            case wire.MsgType.REFUSED:
+                refused = env.parsed(wire.Refused)
+                log.warning("device %s refused message %s: %s", name, refused.message_id, refused.reason)
+            case _:
+                log.warning("unexpected %s from %s", env.type, peer)
+
+    async def _came_online(self, change: PresenceChange) -> None:
+        await self.push_config(change.device)
+        await self.jobs.resend_now(change.device)
+        self.wake_outbox()
+
+    async def _on_report(self, peer: wire.Peer, report: wire.JobReport) -> None:
+        try:
+            job = await self.jobs.get(report.job_id)
+        except Exception:
+            job = None
+        if job is not None and job.device_name != peer.name:
+            log.warning("device %s reported on job %s of device %s: refused", peer.name, job.id, job.device_name)
+            return
+        if job is not None:
+            await self.jobs.transition(
+                report.job_id,
+                report.state,
+                detail=report.detail,
+                source=peer.client_id,
+                copies_done=report.copies_done,
+                at=report.at,
+            )
+        await self.send(peer, wire.ReportAck(report_ids=(report.report_id,)))
+
+    # -- loops --------------------------------------------------------------------------------
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake_outbox.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+            self._wake_outbox.clear()
+            if self._client is None:
+                continue
+            online = await self.presence.online_devices()
+            now = wire.now_ms()
+            for job in await self.jobs.due_for_dispatch(online, now):
+                await self._dispatch_job(job, now)
+
+    async def _dispatch_job(self, job: Job, now: int) -> None:
+        peer = _device_peer(job.device_name)
+        attempt = job.attempt + 1
+        delay = min(self.config.resend_initial_s * 2 ** (attempt - 1), self.config.resend_max_s)
+        lease_until = now + int(self.config.lease_s * 1000)
+        if job.expires_at is not None:
+            lease_until = min(lease_until, job.expires_at)
+        if job.cancel_requested_at is not None:
+            sent = await self.send(peer, wire.JobCancel(job_id=job.id, printer=job.printer_name))
+        else:
+            if job.payload is None:
+                await self.jobs.transition(job.id, S.FAILED, detail="payload purged before delivery", source="controller")
+                return
+            body = wire.JobPrint(
+                job_id=job.id,
+                printer=job.printer_name,
+                data=base64.b64encode(job.payload).decode(),
+                sha256=job.payload_sha256,
+                copies=job.copies,
+                priority=job.priority,
+                order=job.seq,
+                submitted_at=job.created_at,
+                expires_at=job.expires_at,
+                lease_until=lease_until,
+                attempt=attempt,
+            )
+            sent = await self.send(peer, body, exp=job.expires_at)
+        if sent:
+            await self.jobs.mark_dispatched(
+                job.id,
+                attempt=attempt,
+                next_attempt_at=now + int(delay * 1000 * (0.8 + 0.4 * random.random())),
+                lease_until=lease_until,
+                executor=peer.client_id,
+            )
+
+    async def _presence_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            await self.presence.expire_deadlines()
+
+    async def _housekeeping_loop(self) -> None:
+        last_purge = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = wire.now_ms()
+            for job in await self.jobs.expired_open_jobs(now):
+                await self.jobs.transition(job.id, S.EXPIRED, detail="expired before delivery", source="controller")
+            if loop.time() - last_purge > 60:
+                last_purge = loop.time()
+                purged = await self.jobs.purge_payloads(now - int(self.config.payload_retention_s * 1000))
+                if purged:
+                    log.info("purged the payloads of %d finished jobs", purged)
+
+    # -- operator actions ---------------------------------------------------------------------
+
+    async def cancel_job(self, job_id: str, source: str) -> dict[str, Any]:
+        job = await self.jobs.get(job_id)
+        state = S(job.state)
+        if state.terminal:
+            return {"id": job.id, "state": job.state, "cancelled": False, "detail": f"job already {job.state}"}
+        if state == S.QUEUED:
+            await self.jobs.transition(job.id, S.CANCELLED, detail="cancelled before dispatch", source=source)
+            return {"id": job.id, "state": S.CANCELLED.value, "cancelled": True}
+        await self.jobs.request_cancel(job.id, source)
+        self.wake_outbox()
+        return {"id": job.id, "state": job.state, "cancelled": False, "detail": "cancel requested from the agent"}
+
+    async def device_removed(self, device: str, printers: list[str]) -> None:
+        for job in await self.jobs.open_jobs_for_printers(printers):
+            await self.jobs.transition(job.id, S.CANCELLED, detail="printer removed", source="controller")
+        if self._on_kick is not None:
+            await self._on_kick(_device_peer(device).client_id)
+
+
+def _device_peer(name: str) -> wire.Peer:
+    return wire.Peer(role=wire.Role.DEVICE, name=name)

@@ -1,0 +1,450 @@
+"""The job store: submission, the job state machine, history, and the outbox queries.
+
+A job is written (state ``queued``) before anything is sent. Every change of state goes through
+:func:`allowed` so that a late or duplicated report never moves a job backwards, and every change is
+recorded as a :class:`JobEvent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from cloud.errors import Conflict, ControllerError, NotFound
+from cloud.models import Job, JobEvent, Printer
+from printfleet import wire
+from printfleet.escpos.document import DocumentError, parse_document, text_document
+from printfleet.escpos.profiles import get_profile
+from printfleet.escpos.render import render, render_raw
+
+log = logging.getLogger(__name__)
+
+S = wire.JobState
+
+#: Progress rank of each state; a report may only move a job to a higher rank (HELD <-> PRINTING
+#: move within one rank). Terminal states never change.
+_RANK: dict[wire.JobState, int] = {
+    S.QUEUED: 0,
+    S.DISPATCHED: 1,
+    S.DELIVERED: 2,
+    S.PRINTING: 3,
+    S.HELD: 3,
+    S.PRINTED: 4,
+    S.FAILED: 4,
+    S.EXPIRED: 4,
+    S.CANCELLED: 4,
+    S.UNKNOWN: 4,
+}
+
+
+_TERMINAL = [st.value for st in wire.TERMINAL_JOB_STATES]
+
+
+def allowed(current: wire.JobState, new: wire.JobState) -> bool:
+    """Whether a job in ``current`` may move to ``new`` (the transition table, as data)."""
+    if current.terminal:
+        return False
+    if new == current:
+        return False
+    if {current, new} == {S.PRINTING, S.HELD}:
+        return True
+    return _RANK[new] > _RANK[current]
+
+
+Kind = Literal["text", "doc", "raw"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    printer: str
+    kind: Kind
+    content: Any  # str for text, a JSON object for doc, bytes for raw
+    copies: int = 1
+    priority: int = 0
+    ttl_s: float | None = None
+    idempotency_key: str | None = None
+    client: str = "admin"
+
+    def request_hash(self) -> str:
+        content = self.content
+        if isinstance(content, bytes):
+            content = base64.b64encode(content).decode()
+        blob = json.dumps(
+            [self.printer, self.kind, content, self.copies, self.priority, self.ttl_s],
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def validated(self) -> Submission:
+        if not 1 <= self.copies <= 100:
+            raise ControllerError("copies must be between 1 and 100")
+        if not -100 <= self.priority <= 100:
+            raise ControllerError("priority must be between -100 and 100")
+        if self.ttl_s is not None and not 0 < self.ttl_s <= 30 * 24 * 3600:
+            raise ControllerError("ttl must be between 1 second and 30 days")
+        if self.idempotency_key is not None and not 1 <= len(self.idempotency_key) <= 128:
+            raise ControllerError("idempotency key must be 1 to 128 characters")
+        return self
+
+
+def render_submission(sub: Submission, profile_name: str) -> bytes:
+    profile = get_profile(profile_name)
+    try:
+        match sub.kind:
+            case "text":
+                if not isinstance(sub.content, str) or not sub.content:
+                    raise ControllerError("text must be a non-empty string")
+                return render(text_document(sub.content), profile)
+            case "doc":
+                return render(parse_document(sub.content), profile)
+            case "raw":
+                if not isinstance(sub.content, bytes):
+                    raise ControllerError("raw content must be bytes")
+                return render_raw(sub.content)
+    except DocumentError as exc:
+        raise ControllerError(str(exc)) from exc
+    raise ControllerError(f"unknown job kind {sub.kind!r}")
+
+
+class JobFeed:
+    """Fan-out of job transitions to in-process listeners (long-polls, watchers)."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for q in list(self._queues):
+            if q.qsize() < 10_000:
+                q.put_nowait(event)
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queues.add(q)
+        try:
+            yield q
+        finally:
+            self._queues.discard(q)
+
+
+class JobStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], feed: JobFeed) -> None:
+        self._sessions = sessions
+        self.feed = feed
+        self._last_seq = 0
+        self._seq_lock = asyncio.Lock()
+
+    async def _next_seq(self, s: AsyncSession) -> int:
+        if self._last_seq == 0:
+            self._last_seq = int(await s.scalar(select(func.max(Job.seq))) or 0)
+        self._last_seq += 1
+        return self._last_seq
+
+    # -- submission ---------------------------------------------------------------------------
+
+    async def submit(self, sub: Submission) -> tuple[Job, bool]:
+        """Store a new job (state queued). Returns (job, created); an idempotent repeat returns the original."""
+        sub = sub.validated()
+        req_hash = sub.request_hash()
+        if sub.idempotency_key is not None:
+            existing = await self._by_idempotency(sub.client, sub.idempotency_key)
+            if existing is not None:
+                return self._check_repeat(existing, req_hash), False
+        async with self._sessions() as s:
+            printer = await s.scalar(
+                select(Printer).where(Printer.name == sub.printer).options(selectinload(Printer.device))
+            )
+            if printer is None:
+                raise NotFound(f"no printer named {sub.printer!r}")
+            data = render_submission(sub, printer.profile)
+            if len(data) > wire.MAX_JOB_BYTES:
+                raise ControllerError(
+                    f"the job renders to {len(data)} bytes, over the {wire.MAX_JOB_BYTES}-byte limit"
+                )
+            now = wire.now_ms()
+            async with self._seq_lock:
+                job = Job(
+                    id=wire.new_id(),
+                    seq=await self._next_seq(s),
+                    printer_id=printer.id,
+                    printer_name=printer.name,
+                    device_name=printer.device.name,
+                    state=S.QUEUED.value,
+                    kind=sub.kind,
+                    payload=data,
+                    payload_sha256=hashlib.sha256(data).hexdigest(),
+                    payload_size=len(data),
+                    copies=sub.copies,
+                    priority=sub.priority,
+                    created_at=now,
+                    updated_at=now,
+                    expires_at=None if sub.ttl_s is None else now + int(sub.ttl_s * 1000),
+                    client=sub.client,
+                    idempotency_key=sub.idempotency_key,
+                    request_hash=req_hash,
+                    next_attempt_at=now,
+                )
+                job.events.append(JobEvent(at=now, state=S.QUEUED.value, detail=None, source=f"api:{sub.client}"))
+                s.add(job)
+                try:
+                    await s.commit()
+                except IntegrityError:
+                    await s.rollback()
+                    if sub.idempotency_key is None:
+                        raise
+                    existing = await self._by_idempotency(sub.client, sub.idempotency_key)
+                    if existing is None:
+                        raise
+                    return self._check_repeat(existing, req_hash), False
+        self._announce(job, S.QUEUED, None)
+        return await self.get(job.id), True
+
+    async def _by_idempotency(self, client: str, key: str) -> Job | None:
+        async with self._sessions() as s:
+            return await s.scalar(
+                select(Job)
+                .where(Job.client == client, Job.idempotency_key == key)
+                .options(selectinload(Job.events))
+            )
+
+    @staticmethod
+    def _check_repeat(existing: Job, req_hash: str) -> Job:
+        if existing.request_hash != req_hash:
+            raise Conflict("idempotency key already used with a different request")
+        return existing
+
+    async def reprint(self, job_id: str, client: str) -> Job:
+        """A new job with the same payload, linked to the original (for jobs ended unknown or failed)."""
+        original = await self.get(job_id)
+        if not S(original.state).terminal:
+            raise ControllerError(f"job {job_id} is still {original.state}; only finished jobs can be reprinted")
+        if original.payload is None:
+            raise ControllerError(f"job {job_id}'s payload was purged; submit it again")
+        async with self._sessions() as s:
+            now = wire.now_ms()
+            async with self._seq_lock:
+                job = Job(
+                    id=wire.new_id(),
+                    seq=await self._next_seq(s),
+                    printer_id=original.printer_id,
+                    printer_name=original.printer_name,
+                    device_name=original.device_name,
+                    state=S.QUEUED.value,
+                    kind=original.kind,
+                    payload=original.payload,
+                    payload_sha256=original.payload_sha256,
+                    payload_size=original.payload_size,
+                    copies=original.copies,
+                    priority=original.priority,
+                    created_at=now,
+                    updated_at=now,
+                    client=client,
+                    next_attempt_at=now,
+                    reprint_of=original.id,
+                )
+                job.events.append(
+                    JobEvent(at=now, state=S.QUEUED.value, detail=f"reprint of {original.id}", source=f"api:{client}")
+                )
+                s.add(job)
+                await s.commit()
+        self._announce(job, S.QUEUED, f"reprint of {original.id}")
+        return await self.get(job.id)
+
+    # -- transitions --------------------------------------------------------------------------
+
+    async def transition(
+        self,
+        job_id: str,
+        new: wire.JobState,
+        *,
+        detail: str | None,
+        source: str,
+        copies_done: int | None = None,
+        at: int | None = None,
+    ) -> bool:
+        """Move a job to ``new`` if the state machine allows it; record the event. Idempotent."""
+        async with self._sessions.begin() as s:
+            job = await s.get(Job, job_id)
+            if job is None:
+                log.warning("transition for unknown job %s ignored", job_id)
+                return False
+            current = S(job.state)
+            if not allowed(current, new):
+                if current != new:
+                    log.info("job %s: %s -> %s refused (stale or duplicate)", job_id, current, new)
+                return False
+            now = wire.now_ms()
+            job.state = new.value
+            job.updated_at = now
+            if copies_done is not None:
+                job.copies_done = max(job.copies_done, copies_done)
+            if new.terminal:
+                job.finished_at = now
+                job.next_attempt_at = None
+                job.detail = detail
+            elif new == S.HELD:
+                job.detail = detail
+            if _RANK[new] >= _RANK[S.DELIVERED]:
+                job.acked = True
+            s.add(JobEvent(job_id=job_id, at=at or now, state=new.value, detail=detail, source=source))
+        self._announce(job, new, detail)
+        return True
+
+    async def mark_dispatched(self, job_id: str, *, attempt: int, next_attempt_at: int, lease_until: int, executor: str) -> None:
+        async with self._sessions.begin() as s:
+            job = await s.get(Job, job_id)
+            if job is None or S(job.state).terminal:
+                return
+            first = job.state == S.QUEUED.value
+            job.attempt = attempt
+            job.next_attempt_at = next_attempt_at
+            job.lease_until = lease_until
+            job.executor = executor
+            if first:
+                job.state = S.DISPATCHED.value
+                job.updated_at = wire.now_ms()
+                s.add(JobEvent(job_id=job_id, at=job.updated_at, state=S.DISPATCHED.value, detail=None, source="controller"))
+        if first:
+            self._announce(job, S.DISPATCHED, None)
+
+    async def request_cancel(self, job_id: str, source: str) -> None:
+        """Ask the agent holding a job to cancel it; the job ends cancelled only when the agent agrees."""
+        async with self._sessions.begin() as s:
+            job = await s.get(Job, job_id)
+            if job is None or S(job.state).terminal or job.cancel_requested_at is not None:
+                return
+            now = wire.now_ms()
+            job.cancel_requested_at = now
+            job.next_attempt_at = now
+            s.add(JobEvent(job_id=job_id, at=now, state=job.state, detail="cancel requested", source=source))
+
+    def _announce(self, job: Job, state: wire.JobState, detail: str | None) -> None:
+        self.feed.publish(
+            {"job": job.id, "printer": job.printer_name, "state": state.value, "detail": detail, "at": wire.now_ms()}
+        )
+
+    # -- queries ------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        async with self._sessions() as s:
+            job = await s.scalar(select(Job).where(Job.id == job_id).options(selectinload(Job.events)))
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            return job
+
+    async def list(self, *, printer: str | None = None, state: str | None = None, limit: int = 100) -> Sequence[Job]:
+        async with self._sessions() as s:
+            q = select(Job).order_by(Job.seq.desc()).limit(max(1, min(limit, 1000)))
+            if printer:
+                q = q.where(Job.printer_name == printer)
+            if state:
+                q = q.where(Job.state == state)
+            return (await s.scalars(q)).all()
+
+    async def due_for_dispatch(self, device_names: Sequence[str], now: int, limit: int = 200) -> Sequence[Job]:
+        """Unacknowledged jobs for online devices whose (re)send time has come, in print order."""
+        if not device_names:
+            return []
+        async with self._sessions() as s:
+            q = (
+                select(Job)
+                .where(
+                    Job.device_name.in_(list(device_names)),
+                    or_(
+                        and_(Job.state.in_([S.QUEUED.value, S.DISPATCHED.value]), Job.acked.is_(False)),
+                        and_(Job.cancel_requested_at.is_not(None), Job.state.notin_(_TERMINAL)),
+                    ),
+                    or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
+                )
+                .order_by(Job.priority.desc(), Job.seq)
+                .limit(limit)
+            )
+            return (await s.scalars(q)).all()
+
+    async def resend_now(self, device_name: str) -> None:
+        """Make every unacknowledged job of a device due at once (it just came online)."""
+        async with self._sessions.begin() as s:
+            await s.execute(
+                update(Job)
+                .where(
+                    Job.device_name == device_name,
+                    Job.state.in_([S.QUEUED.value, S.DISPATCHED.value]),
+                    Job.acked.is_(False),
+                )
+                .values(next_attempt_at=wire.now_ms())
+            )
+
+    async def open_jobs_for_printers(self, printers: Sequence[str]) -> Sequence[Job]:
+        async with self._sessions() as s:
+            q = select(Job).where(
+                Job.printer_name.in_(list(printers)),
+                Job.state.notin_(_TERMINAL),
+            )
+            return (await s.scalars(q)).all()
+
+    async def expired_open_jobs(self, now: int) -> Sequence[Job]:
+        """Jobs past their expiry that were never handed to an agent (so none can print them)."""
+        async with self._sessions() as s:
+            q = select(Job).where(
+                Job.expires_at.is_not(None),
+                Job.expires_at < now,
+                Job.state.in_([S.QUEUED.value, S.DISPATCHED.value]),
+                Job.acked.is_(False),
+            )
+            return (await s.scalars(q)).all()
+
+    async def purge_payloads(self, older_than: int) -> int:
+        """Drop the payloads of jobs finished before ``older_than``; metadata and history stay."""
+        async with self._sessions.begin() as s:
+            result = await s.execute(
+                update(Job)
+                .where(
+                    Job.finished_at.is_not(None),
+                    Job.finished_at < older_than,
+                    Job.payload.is_not(None),
+                )
+                .values(payload=None, purged_at=wire.now_ms())
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def job_view(job: Job, *, events: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": job.id,
+        "printer": job.printer_name,
+        "device": job.device_name,
+        "state": job.state,
+        "kind": job.kind,
+        "copies": job.copies,
+        "copies_done": job.copies_done,
+        "priority": job.priority,
+        "size": job.payload_size,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "expires_at": job.expires_at,
+        "finished_at": job.finished_at,
+        "detail": job.detail,
+        "attempts": job.attempt,
+        "executor": job.executor,
+        "reprint_of": job.reprint_of,
+        "payload_purged": job.purged_at is not None,
+        "idempotency_key": job.idempotency_key,
+    }
+    if events:
+        out["events"] = [
+            {"at": e.at, "state": e.state, "detail": e.detail, "source": e.source} for e in job.events
+        ]
+    return out

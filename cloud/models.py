@@ -1,0 +1,145 @@
+"""SQLAlchemy 2 models of the controller's registry and job store.
+
+Times are integer milliseconds of the controller's clock (``printfleet.wire.now_ms``): they sort,
+they compare with the expiry and lease fields that travel on the wire, and they need no timezone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Device(Base):
+    """A printer host running the device agent."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    # presence
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    session: Mapped[int] = mapped_column(Integer, default=0)
+    boot_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    agent_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    online_since: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    last_seen_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    last_heartbeat_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    latency_ms: Mapped[float | None] = mapped_column(default=None)
+    offline_reason: Mapped[str | None] = mapped_column(String(200), default=None)
+    config_version: Mapped[int] = mapped_column(Integer, default=0)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    printers: Mapped[list[Printer]] = relationship(back_populates="device", cascade="all, delete-orphan")
+
+
+class Printer(Base):
+    """One printer attached to a device; addressed fleet-wide by its unique name."""
+
+    __tablename__ = "printers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    serial_url: Mapped[str] = mapped_column(String(512))
+    baud: Mapped[int] = mapped_column(Integer, default=19200)
+    profile: Mapped[str] = mapped_column(String(64), default="generic-80")
+    flow_control: Mapped[str] = mapped_column(String(16), default="none")
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    health: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    health_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+    device: Mapped[Device] = relationship(back_populates="printers")
+
+
+class Job(Base):
+    """A print job. Stored before anything is sent; its payload is purged after retention."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    printer_id: Mapped[int | None] = mapped_column(ForeignKey("printers.id", ondelete="SET NULL"))
+    printer_name: Mapped[str] = mapped_column(String(63))
+    device_name: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(8))
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    payload_size: Mapped[int] = mapped_column(Integer)
+    copies: Mapped[int] = mapped_column(Integer, default=1)
+    copies_done: Mapped[int] = mapped_column(Integer, default=0)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    purged_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
+    client: Mapped[str] = mapped_column(String(64), default="admin")
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    # outbox
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    acked: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_until: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    executor: Mapped[str | None] = mapped_column(String(80), default=None)
+    reprint_of: Mapped[str | None] = mapped_column(String(32), default=None)
+    cancel_requested_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+    events: Mapped[list[JobEvent]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="JobEvent.id"
+    )
+
+    __table_args__ = (
+        Index("ix_jobs_state", "state"),
+        Index("ix_jobs_printer_state", "printer_name", "state"),
+        Index("ix_jobs_idem", "client", "idempotency_key", unique=True),
+    )
+
+
+class JobEvent(Base):
+    """One transition (or notable fact) in a job's history."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
+    source: Mapped[str] = mapped_column(String(80))
+
+    job: Mapped[Job] = relationship(back_populates="events")
+
+
+class ApiToken(Base):
+    """An operator credential for the HTTP API (stored hashed)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class Setting(Base):
+    """Small controller facts that survive restarts (controller session number, counters)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,251 @@
+"""`printfleet up`: the embedded broker (or an external one), the controller and the HTTP API in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker import EmbeddedBroker, ListenerSpec
+from cloud import db
+from cloud.api import ApiContext, create_app
+from cloud.config import ControllerConfig, DataDir, parse_mqtt_url, write_private
+from cloud.controller import Controller
+from cloud.errors import ControllerError
+from cloud.jobs import JobFeed, JobStore
+from cloud.presence import Presence
+from cloud.registry import DbCredentials, Registry
+from printfleet import __version__, wire
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def load_or_create_signing_key(data_dir: DataDir) -> wire.SigningKey:
+    path = data_dir.signing_key_path
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ControllerError(f"{path} is not an Ed25519 private key")
+        return wire.SigningKey(kid=wire.key_id(key.public_key()), private=key)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_private(path, pem.decode())
+    return wire.SigningKey(kid=wire.key_id(key.public_key()), private=key)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoints:
+    """Where the running service listens, and what agents are told to use."""
+
+    http_url: str
+    mqtt_urls: tuple[str, ...]
+    advertised_http: str
+    advertised_mqtt: tuple[str, ...]
+
+
+class ControllerService:
+    """Composes broker, controller and HTTP API; ``async with`` starts them, exit stops them."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.endpoints: Endpoints | None = None
+        self.registry: Registry
+        self.jobs: JobStore
+        self.controller: Controller
+        self.broker: EmbeddedBroker | None = None
+        self.admin_token = ""
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def __aenter__(self) -> ControllerService:
+        cfg = self.config
+        cfg.data_dir.ensure()
+        await asyncio.to_thread(db.migrate, cfg.db_url)
+        stack = contextlib.AsyncExitStack()
+        self._stack = stack
+        try:
+            engine = db.make_engine(cfg.db_url)
+            stack.push_async_callback(engine.dispose)
+            sessions = db.make_sessionmaker(engine)
+            self.registry = Registry(sessions)
+            self.jobs = JobStore(sessions, JobFeed())
+            presence = Presence(sessions, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
+            self.signing_key = load_or_create_signing_key(cfg.data_dir)
+            self.admin_token = cfg.data_dir.read_or_create_secret(cfg.data_dir.admin_token_path)
+            await self.registry.ensure_admin_token(self.admin_token)
+            secret = cfg.data_dir.read_or_create_secret(cfg.data_dir.controller_secret_path)
+            await self.registry.ensure_controller_credential(secret)
+            session_number = await self.registry.next_counter("controller_session")
+
+            if cfg.external_broker:
+                host, port, _tls = parse_mqtt_url(cfg.external_broker)
+                mqtt_urls: tuple[str, ...] = (cfg.external_broker,)
+            else:
+                self.broker = EmbeddedBroker(
+                    listeners=[ListenerSpec(host=cfg.mqtt_bind[0], port=cfg.mqtt_bind[1])],
+                    credentials=DbCredentials(self.registry, cfg.controller_name),
+                )
+                await stack.enter_async_context(self.broker)
+                bound_host, port = self.broker.bound_addresses[0]
+                host = _connect_host(bound_host)
+                mqtt_urls = (f"mqtt://{_url_host(host)}:{port}",)
+
+            self.controller = Controller(
+                config=cfg,
+                registry=self.registry,
+                jobs=self.jobs,
+                presence=presence,
+                signing_key=self.signing_key,
+                broker_host=host,
+                broker_port=port,
+                secret=secret,
+                session_number=session_number,
+                on_kick=self.broker.kick if self.broker else None,
+            )
+            ctl_task = asyncio.create_task(self.controller.run(), name="controller")
+            self._tasks.append(ctl_task)
+
+            app = create_app(
+                ApiContext(
+                    registry=self.registry,
+                    jobs=self.jobs,
+                    controller=self.controller,
+                    agent_config=self.agent_config,
+                    health=self.health,
+                )
+            )
+            server = _Server(
+                uvicorn.Config(
+                    app, host=cfg.http_bind[0], port=cfg.http_bind[1], log_level="warning", lifespan="off"
+                )
+            )
+            self._server = server
+            http_task = asyncio.create_task(server.serve(), name="http")
+            self._tasks.append(http_task)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not server.started:
+                if http_task.done():
+                    http_task.result()
+                    raise ControllerError(f"the HTTP API could not listen on {cfg.http_bind[0]}:{cfg.http_bind[1]}")
+                if loop.time() > deadline:
+                    raise ControllerError("the HTTP API did not start within 10 s")
+                await asyncio.sleep(0.02)
+            http_host, http_port = server.servers[0].sockets[0].getsockname()[:2]
+            http_url = f"http://{_url_host(_connect_host(http_host))}:{http_port}"
+            adv_http = next((a for a in cfg.advertise if a.startswith("http")), http_url)
+            adv_mqtt = tuple(a for a in cfg.advertise if a.startswith("mqtt")) or mqtt_urls
+            self.endpoints = Endpoints(
+                http_url=http_url, mqtt_urls=mqtt_urls, advertised_http=adv_http, advertised_mqtt=adv_mqtt
+            )
+            await asyncio.wait_for(self.controller.connected.wait(), timeout=15)
+            cfg.data_dir.write_state(
+                {
+                    "pid": os.getpid(),
+                    "http": http_url,
+                    "mqtt": list(mqtt_urls),
+                    "advertised_http": adv_http,
+                    "advertised_mqtt": list(adv_mqtt),
+                    "version": __version__,
+                }
+            )
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.config.data_dir.clear_state()
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.should_exit = True
+        for task in reversed(self._tasks):
+            if task.get_name() == "http":
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), timeout=5)
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    def agent_config(self, device: str, secret: str) -> dict[str, Any]:
+        """What a device agent needs: its credentials, the broker(s), the controller and its key."""
+        assert self.endpoints is not None
+        return {
+            "device": {"name": device},
+            "mqtt": {
+                "urls": list(self.endpoints.advertised_mqtt),
+                "username": wire.Peer(role=wire.Role.DEVICE, name=device).client_id,
+                "password": secret,
+                "keepalive": self.config.agent_keepalive,
+            },
+            "controller": {
+                "http": self.endpoints.advertised_http,
+                "name": self.config.controller_name,
+                "public_keys": [self.signing_key.public_b64()],
+            },
+        }
+
+    async def health(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        try:
+            await self.registry.ping()
+            checks["database"] = "ok"
+        except Exception as exc:  # the probe reports, it does not raise
+            checks["database"] = f"error: {exc}"
+        checks["broker_link"] = "ok" if self.controller.connected.is_set() else "disconnected"
+        ok = all(v == "ok" for v in checks.values())
+        return {"status": "ok" if ok else "degraded", "version": __version__, **checks}
+
+
+def _connect_host(bound: str) -> str:
+    return "127.0.0.1" if bound in ("0.0.0.0", "", "::") else bound
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def wait_for_signal() -> str:
+    """Resolve on SIGINT or SIGTERM (graceful shutdown)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[str] = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: fut.done() or fut.set_result(signal.Signals(s).name))
+    try:
+        return await fut
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def running(config: ControllerConfig) -> AsyncIterator[ControllerService]:
+    async with ControllerService(config) as svc:
+        yield svc

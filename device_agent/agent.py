@@ -1,0 +1,356 @@
+"""The device agent: one MQTT session to the cloud, the journal, and a worker per printer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from enum import StrEnum
+
+import aiomqtt
+
+from device_agent.config import AgentConfig
+from device_agent.journal import Journal
+from device_agent.worker import PortFactory, PrinterWorker
+from printfleet import __version__, wire
+
+log = logging.getLogger(__name__)
+S = wire.JobState
+
+
+class AgentState(StrEnum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    STOPPED = "stopped"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, port_factory: PortFactory | None = None) -> None:
+        self.config = config
+        self.peer = config.peer
+        self.state = AgentState.NEW
+        self.journal = Journal(config.journal_path)
+        if port_factory is None:
+            from device_agent.link import open_port
+
+            port_factory = open_port
+        self._port_factory = port_factory
+        self._client: aiomqtt.Client | None = None
+        self._session = 0
+        self._seq = wire.Sequencer()
+        self._hb_seq = 0
+        self._hb_sent: dict[int, int] = {}
+        self.offset_ms = 0
+        self.boot_id = uuid.uuid4().hex
+        self._workers: dict[str, tuple[PrinterWorker, asyncio.Task[None]]] = {}
+        self._config_version = -1
+        self._printers: tuple[wire.PrinterSpec, ...] = config.printers
+        self._wake_reports = asyncio.Event()
+        self._report_sent: dict[str, float] = {}
+        self._controller_session: int | None = None
+        self.online = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+
+    # -- clock --------------------------------------------------------------------------------
+
+    def ctl_now(self) -> int:
+        """The controller's clock as this agent estimates it (expiry and leases are judged on it)."""
+        return wire.now_ms() + self.offset_ms
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.journal.open()
+        try:
+            offset = await self.journal.get_kv("clock_offset_ms")
+            self.offset_ms = int(offset) if offset else 0
+            stored = await self.journal.get_kv("printers_config")
+            if stored:
+                cfg = wire.PrintersConfig.model_validate_json(stored)
+                self._printers, self._config_version = cfg.printers, cfg.version
+            for report in await self.journal.recover_after_restart(now=wire.now_ms(), ctl_now=self.ctl_now()):
+                log.warning("job %s ended unknown: the agent stopped while printing it", report.job_id)
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._apply_printers(self._printers)
+                tg.create_task(self._mqtt_loop(), name="agent-mqtt")
+                tg.create_task(self._heartbeat_loop(), name="agent-heartbeat")
+                tg.create_task(self._report_loop(), name="agent-reports")
+        finally:
+            self.state = AgentState.STOPPED
+            for _worker, task in self._workers.values():
+                task.cancel()
+            await self.journal.close()
+
+    # -- printers -----------------------------------------------------------------------------
+
+    def _apply_printers(self, printers: tuple[wire.PrinterSpec, ...]) -> None:
+        assert self._tg is not None
+        wanted = {p.name: p for p in printers}
+        for name, (worker, task) in list(self._workers.items()):
+            if name not in wanted or wanted[name] != worker.spec:
+                task.cancel()
+                del self._workers[name]
+        for name, spec in wanted.items():
+            if name in self._workers:
+                continue
+            worker = PrinterWorker(
+                spec,
+                journal=self.journal,
+                port_factory=self._port_factory,
+                report=self._queue_report,
+                ctl_now=self.ctl_now,
+                status_poll_s=self.config.status_poll_s,
+            )
+            task = self._tg.create_task(worker.run(), name=f"printer-{name}")
+            self._workers[name] = (worker, task)
+
+    async def _on_printers_config(self, cfg: wire.PrintersConfig) -> None:
+        if cfg.version < self._config_version:
+            return
+        self._config_version = cfg.version
+        self._printers = cfg.printers
+        await self.journal.set_kv("printers_config", cfg.model_dump_json())
+        self._apply_printers(cfg.printers)
+        known = {p.name for p in cfg.printers}
+        for printer in await self.journal.waiting_printers():
+            if printer not in known:
+                while (job := await self.journal.next_waiting(printer)) is not None:
+                    await self._queue_report(
+                        await self.journal.transition(
+                            job.job_id,
+                            S.FAILED,
+                            now=wire.now_ms(),
+                            ctl_now=self.ctl_now(),
+                            printer=printer,
+                            detail=f"printer {printer!r} is not attached to this host",
+                        )
+                    )
+
+    # -- MQTT ---------------------------------------------------------------------------------
+
+    async def _mqtt_loop(self) -> None:
+        backoff = 0.2
+        index = 0
+        while True:
+            broker = self.config.brokers[index % len(self.config.brokers)]
+            self.state = AgentState.CONNECTING
+            self._session = await self.journal.next_counter("session")
+            will = wire.Envelope.build(wire.Will(session=self._session), src=self.peer, dst=self.config.controller, seq=0)
+            try:
+                async with aiomqtt.Client(
+                    broker.host,
+                    broker.port,
+                    identifier=self.peer.client_id,
+                    username=self.config.username,
+                    password=self.config.password,
+                    keepalive=self.config.keepalive,
+                    clean_session=False,
+                    timeout=10,
+                    will=aiomqtt.Will(self.peer.topic(wire.Channel.PRESENCE), will.encode(), qos=1),
+                ) as client:
+                    await client.subscribe(self.peer.topic(wire.Channel.DOWN), qos=1)
+                    await client.subscribe(wire.CONTROLLER_PRESENCE_TOPIC, qos=1)
+                    self._client = client
+                    await self._announce()
+                    self.state = AgentState.ONLINE
+                    self.online.set()
+                    backoff = 0.2
+                    log.info("agent %s connected to %s (session %d)", self.peer.name, broker, self._session)
+                    async for message in client.messages:
+                        await self._handle(message)
+            except aiomqtt.MqttError as exc:
+                log.warning("agent lost %s (%s); reconnecting in %.1f s", broker, exc, backoff)
+                index += 1
+            finally:
+                self._client = None
+                self.online.clear()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 10.0)
+
+    async def _announce(self) -> None:
+        """Birth, a request for pending work, and every report the controller has not acknowledged."""
+        birth = wire.Birth(
+            session=self._session,
+            boot_id=self.boot_id,
+            version=__version__,
+            started_at=wire.now_ms(),
+            printers=tuple(p.name for p in self._printers),
+        )
+        await self._publish(wire.Channel.PRESENCE, birth)
+        await self._publish(wire.Channel.UP, wire.SyncRequest(session=self._session))
+        self._report_sent.clear()
+        self._wake_reports.set()
+
+    async def _publish(self, channel: wire.Channel, body: wire.Body) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        env = wire.Envelope.build(body, src=self.peer, dst=self.config.controller, seq=self._seq.next())
+        try:
+            await client.publish(self.peer.topic(channel), env.encode(), qos=1)
+        except aiomqtt.MqttError as exc:
+            log.debug("publish failed: %s", exc)
+            return False
+        return True
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            return
+        topic = str(message.topic)
+        try:
+            env = wire.decode(payload)
+            env.verify(self.config.public_keys)
+        except wire.WireError as exc:
+            log.warning("refused a message on %s: %s", topic, exc)
+            await self._refuse(payload, str(exc))
+            return
+        if topic == wire.CONTROLLER_PRESENCE_TOPIC:
+            await self._on_controller_presence(env)
+            return
+        if env.dst != self.peer.client_id or env.src != self.config.controller.client_id:
+            await self._refuse(payload, f"addressed to {env.dst} from {env.src}", env.id)
+            return
+        if env.type not in wire.DOWNSTREAM_TYPES:
+            await self._refuse(payload, f"unexpected {env.type}", env.id)
+            return
+        try:
+            await self._dispatch(env)
+        except wire.WireError as exc:
+            await self._refuse(payload, str(exc), env.id)
+
+    async def _refuse(self, _payload: bytes | bytearray, reason: str, message_id: str = "") -> None:
+        await self._publish(wire.Channel.UP, wire.Refused(message_id=message_id[:64], reason=reason[:200]))
+
+    async def _on_controller_presence(self, env: wire.Envelope) -> None:
+        if env.type is wire.MsgType.CONTROLLER_ONLINE:
+            session = env.parsed(wire.ControllerOnline).session
+            if self._controller_session is not None and session != self._controller_session:
+                log.info("controller restarted (session %d); announcing again", session)
+                await self._announce()
+            self._controller_session = session
+
+    async def _dispatch(self, env: wire.Envelope) -> None:
+        match env.type:
+            case wire.MsgType.JOB_PRINT:
+                await self._on_job(env.parsed(wire.JobPrint))
+            case wire.MsgType.JOB_CANCEL:
+                await self._on_cancel(env.parsed(wire.JobCancel))
+            case wire.MsgType.REPORT_ACK:
+                ack = env.parsed(wire.ReportAck)
+                await self.journal.ack_reports(ack.report_ids)
+                for rid in ack.report_ids:
+                    self._report_sent.pop(rid, None)
+            case wire.MsgType.HEARTBEAT_ACK:
+                await self._on_heartbeat_ack(env.parsed(wire.HeartbeatAck))
+            case wire.MsgType.PRINTERS_CONFIG:
+                await self._on_printers_config(env.parsed(wire.PrintersConfig))
+            case _:
+                raise wire.WireError(f"unexpected {env.type}")
+
+    async def _on_job(self, job: wire.JobPrint) -> None:
+        payload = job.payload()  # checks base64 and sha256
+        now = wire.now_ms()
+        record, is_new = await self.journal.accept(job, payload, now)
+        if not is_new:
+            # a redelivery: answer with what the journal recorded, never print twice
+            report = await self.journal.report_current(job.job_id, now=now, ctl_now=self.ctl_now())
+            if report is not None:
+                await self._queue_report(report)
+            return
+        if job.expires_at is not None and self.ctl_now() > job.expires_at:
+            await self._queue_report(
+                await self.journal.transition(
+                    job.job_id, S.EXPIRED, now=now, ctl_now=self.ctl_now(), detail="stale: expired on arrival"
+                )
+            )
+            return
+        await self._queue_report(
+            await self.journal.transition(job.job_id, S.DELIVERED, now=now, ctl_now=self.ctl_now())
+        )
+        worker = self._workers.get(record.printer)
+        if worker is not None:
+            worker[0].wake()
+
+    async def _on_cancel(self, cancel: wire.JobCancel) -> None:
+        now = wire.now_ms()
+        job = await self.journal.get(cancel.job_id)
+        if job is None:
+            await self.journal.tombstone(cancel.job_id, cancel.printer, S.CANCELLED, "cancelled before arrival", now)
+            report = await self.journal.report_current(cancel.job_id, now=now, ctl_now=self.ctl_now())
+        elif not job.state.terminal and not job.started:
+            report = await self.journal.transition(
+                cancel.job_id, S.CANCELLED, now=now, ctl_now=self.ctl_now(), detail="cancelled by the operator"
+            )
+        else:
+            report = await self.journal.report_current(cancel.job_id, now=now, ctl_now=self.ctl_now())
+        if report is not None:
+            await self._queue_report(report)
+
+    async def _on_heartbeat_ack(self, ack: wire.HeartbeatAck) -> None:
+        sent = self._hb_sent.pop(ack.hb_seq, None)
+        now = wire.now_ms()
+        if sent is not None:
+            rtt = now - sent
+            offset = ack.ctl_ts + rtt // 2 - now
+            if abs(offset - self.offset_ms) > 50:
+                await self.journal.set_kv("clock_offset_ms", str(offset))
+            self.offset_ms = offset
+        await self._publish(wire.Channel.UP, wire.HeartbeatEcho(hb_seq=ack.hb_seq, ctl_ts=ack.ctl_ts))
+        if ack.config_version != self._config_version:
+            await self._publish(wire.Channel.UP, wire.SyncRequest(session=self._session, reason="config"))
+
+    # -- loops --------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self.online.wait()
+            self._hb_seq += 1
+            self._hb_sent[self._hb_seq] = wire.now_ms()
+            for old in [k for k in self._hb_sent if k < self._hb_seq - 10]:
+                del self._hb_sent[old]
+            hb = wire.Heartbeat(
+                session=self._session,
+                hb_seq=self._hb_seq,
+                printers={name: w.health for name, (w, _t) in self._workers.items()},
+                config_version=max(self._config_version, 0),
+                pending_reports=await self.journal.pending_report_count(),
+            )
+            await self._publish(wire.Channel.UP, hb)
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def _queue_report(self, report: wire.JobReport) -> None:
+        """Reports are already durable in the journal; try to send at once, the loop resends."""
+        if await self._publish(wire.Channel.UP, report):
+            self._report_sent[report.report_id] = asyncio.get_running_loop().time()
+
+    async def _report_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_reports.wait(), timeout=2.0)
+            self._wake_reports.clear()
+            if self._client is None:
+                continue
+            now = loop.time()
+            for report in await self.journal.pending_reports():
+                sent = self._report_sent.get(report.report_id)
+                if sent is not None and now - sent < 5.0:
+                    continue
+                if not await self._publish(wire.Channel.UP, report):
+                    break
+                self._report_sent[report.report_id] = now
+
+    # -- introspection (status commands, tests) -----------------------------------------------
+
+    @property
+    def session(self) -> int:
+        return self._session
+
+    def printer_health(self) -> dict[str, wire.PrinterHealth]:
+        return {name: w.health for name, (w, _t) in self._workers.items()}
+

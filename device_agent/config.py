@@ -1,0 +1,218 @@
+"""The agent's configuration file (TOML), written by `printfleet devices add` and read once at start."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+
+from printfleet import wire
+from printfleet.errors import PrintfleetError
+
+
+class AgentError(PrintfleetError):
+    """Configuration or runtime failure of the device agent."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise AgentError(f"invalid broker URL {url!r}: expected mqtt://HOST:PORT")
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError as exc:
+            raise AgentError(f"invalid port in broker URL {url!r}") from exc
+        return cls(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    device: str
+    brokers: tuple[BrokerAddress, ...]
+    username: str
+    password: str
+    keepalive: int
+    controller_http: str
+    controller_name: str
+    public_keys: Mapping[str, Ed25519PublicKey]
+    state_dir: Path
+    printers: tuple[wire.PrinterSpec, ...] = ()
+    heartbeat_s: float = 0.0
+    status_poll_s: float = 5.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def peer(self) -> wire.Peer:
+        return wire.Peer(role=wire.Role.DEVICE, name=self.device)
+
+    @property
+    def controller(self) -> wire.Peer:
+        return wire.Peer(role=wire.Role.CONTROLLER, name=self.controller_name)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_s or max(0.5, self.keepalive / 2)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.db"
+
+
+def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name)
+    if not isinstance(value, Mapping):
+        raise AgentError(f"agent config: missing [{name}] section")
+    return value
+
+
+def _str(sec: Mapping[str, Any], key: str, where: str) -> str:
+    value = sec.get(key)
+    if not isinstance(value, str) or not value:
+        raise AgentError(f"agent config: [{where}] {key} must be a non-empty string")
+    return value
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> AgentConfig:
+    """Validate a parsed TOML document into an :class:`AgentConfig` (clear error on bad input)."""
+    dev = _section(data, "device")
+    name = _str(dev, "name", "device")
+    try:
+        wire.check_name(name, "device name")
+    except wire.WireError as exc:
+        raise AgentError(f"agent config: {exc}") from exc
+    mqtt = _section(data, "mqtt")
+    urls = mqtt.get("urls")
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise AgentError("agent config: [mqtt] urls must be a non-empty list of mqtt:// URLs")
+    brokers = tuple(BrokerAddress.parse(u) for u in urls)
+    username = _str(mqtt, "username", "mqtt")
+    if username != wire.Peer(role=wire.Role.DEVICE, name=name).client_id:
+        raise AgentError(f"agent config: [mqtt] username must be 'dev-{name}'")
+    password = _str(mqtt, "password", "mqtt")
+    keepalive = mqtt.get("keepalive", 10)
+    if not isinstance(keepalive, int) or isinstance(keepalive, bool) or not 2 <= keepalive <= 1200:
+        raise AgentError("agent config: [mqtt] keepalive must be an integer between 2 and 1200 seconds")
+    ctl = _section(data, "controller")
+    http = _str(ctl, "http", "controller")
+    if urlsplit(http).scheme not in ("http", "https"):
+        raise AgentError("agent config: [controller] http must be an http:// or https:// URL")
+    ctl_name = ctl.get("name", "main")
+    if not isinstance(ctl_name, str):
+        raise AgentError("agent config: [controller] name must be a string")
+    keys = ctl.get("public_keys")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise AgentError("agent config: [controller] public_keys must be a non-empty list of base64 Ed25519 keys")
+    try:
+        public_keys = wire.parse_public_keys(keys)
+    except wire.WireError as exc:
+        raise AgentError(f"agent config: [controller] public_keys: {exc}") from exc
+    agent = data.get("agent", {})
+    if not isinstance(agent, Mapping):
+        raise AgentError("agent config: [agent] must be a table")
+    state_raw = agent.get("state_dir")
+    if state_raw is None:
+        state_dir = Path(platformdirs.user_state_dir("printfleet-agent", appauthor=False)) / name
+    elif isinstance(state_raw, str) and state_raw:
+        state_dir = Path(state_raw).expanduser()
+        if not state_dir.is_absolute() and base_dir is not None:
+            state_dir = base_dir / state_dir
+    else:
+        raise AgentError("agent config: [agent] state_dir must be a path")
+    hb = agent.get("heartbeat_s", 0.0)
+    if not isinstance(hb, int | float) or isinstance(hb, bool) or not 0 <= hb <= 600:
+        raise AgentError("agent config: [agent] heartbeat_s must be a number of seconds (0 = keepalive/2)")
+    printers_raw = data.get("printers", [])
+    if not isinstance(printers_raw, list):
+        raise AgentError("agent config: [[printers]] must be an array of tables")
+    printers: list[wire.PrinterSpec] = []
+    for i, p in enumerate(printers_raw):
+        try:
+            printers.append(wire.PrinterSpec.model_validate(p))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            raise AgentError(f"agent config: printers[{i}] {loc}: {err.get('msg')}") from exc
+    return AgentConfig(
+        device=name,
+        brokers=brokers,
+        username=username,
+        password=password,
+        keepalive=keepalive,
+        controller_http=http,
+        controller_name=ctl_name,
+        public_keys=public_keys,
+        state_dir=state_dir,
+        printers=tuple(printers),
+        heartbeat_s=float(hb),
+    )
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise AgentError(f"cannot read agent config {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise AgentError(f"agent config {path} is not valid TOML: {exc}") from exc
+    return parse_config(data, base_dir=path.parent)
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_config(data: Mapping[str, Any]) -> str:
+    """A small TOML writer for the agent config shape (tables of scalars and arrays of tables)."""
+    lines = ["# printfleet device agent configuration. Keep it secret: it holds the device's credentials.", ""]
+    for section, body in data.items():
+        if isinstance(body, list):
+            for item in body:
+                lines.append(f"[[{section}]]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
+                lines.append("")
+            continue
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_config(path: Path, data: Mapping[str, Any]) -> None:
+    text = dump_config(data)
+    parse_config(tomllib.loads(text), base_dir=path.parent)  # never write a config the agent would refuse
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)

@@ -1,0 +1,459 @@
+"""The `printfleet` command line. Commands are thin: parse, load config, run a service or call the API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from printfleet.client import ApiClient, ClientError, resolve_target
+from printfleet.errors import PrintfleetError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="printfleet: a cloud-print fleet for ESC/POS printers.")
+devices_app = typer.Typer(no_args_is_help=True, help="Printer hosts (each runs a device agent).")
+printers_app = typer.Typer(no_args_is_help=True, help="Printers, addressed fleet-wide by name.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Print jobs and their history.")
+agent_app = typer.Typer(no_args_is_help=True, help="The device agent that runs on a printer host.")
+broker_app = typer.Typer(no_args_is_help=True, help="The MQTT broker.")
+app.add_typer(devices_app, name="devices")
+app.add_typer(printers_app, name="printers")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(agent_app, name="agent")
+app.add_typer(broker_app, name="broker")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Globals:
+    data_dir: Path
+    server: str | None = None
+    token: str | None = None
+    verbose: bool = False
+
+
+G = Globals()
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Controller data directory (default: PRINTFLEET_HOME or a per-user dir)."),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def _setup_logging(default: int = logging.WARNING) -> None:
+    level = logging.DEBUG if G.verbose else default
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.callback()
+def main_options(
+    data_dir: DataDirOpt = None,
+    server: Annotated[str | None, typer.Option(help="Controller URL (or PRINTFLEET_SERVER).")] = None,
+    token: Annotated[str | None, typer.Option(help="API token (or PRINTFLEET_TOKEN).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    from cloud.config import default_data_dir
+
+    G.data_dir = data_dir or default_data_dir()
+    G.server, G.token, G.verbose = server, token, verbose
+
+
+def api() -> ApiClient:
+    try:
+        return ApiClient(resolve_target(G.data_dir, G.server, G.token))
+    except ClientError as exc:
+        fail(str(exc))
+
+
+def call(method: str, path: str, **kw: Any) -> Any:
+    with api() as client:
+        try:
+            return client.request(method, path, **kw)
+        except ClientError as exc:
+            fail(str(exc))
+
+
+def emit_json(obj: Any) -> None:
+    out.print(json.dumps(obj, indent=2, sort_keys=True), markup=False)
+
+
+def _ts(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+# -- up / demo -----------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    data_dir: DataDirOpt = None,
+    mqtt_bind: Annotated[str, typer.Option(help="Embedded broker listen address HOST:PORT (port 0: any free).")] = "127.0.0.1:1883",
+    http_bind: Annotated[str, typer.Option(help="HTTP API listen address HOST:PORT.")] = "127.0.0.1:8080",
+    advertise: Annotated[
+        list[str] | None,
+        typer.Option(help="Address written into agent configs (mqtt://... or http://...), repeatable."),
+    ] = None,
+    broker: Annotated[str | None, typer.Option(help="Use an external broker mqtt://HOST:PORT instead of the embedded one.")] = None,
+    demo: Annotated[bool, typer.Option(help="Also run a demo agent attached to a simulated printer.")] = False,
+) -> None:
+    """Run the controller, the HTTP API and (unless --broker) the embedded broker."""
+    from cloud.config import ControllerConfig, DataDir, parse_hostport
+
+    _setup_logging(logging.INFO)
+    root = data_dir or G.data_dir
+    try:
+        config = ControllerConfig(
+            data_dir=DataDir(root=root),
+            db_url=DataDir(root=root).db_url,
+            mqtt_bind=parse_hostport(mqtt_bind),
+            http_bind=parse_hostport(http_bind),
+            external_broker=broker,
+            advertise=tuple(advertise or ()),
+        )
+        from cloud.runner import serve
+
+        asyncio.run(serve(config, demo=demo, console=out))
+    except PrintfleetError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot start: {exc.strerror or exc}")
+
+
+@app.command("demo")
+def demo_cmd(
+    degraded: Annotated[bool, typer.Option(help="Show the BLE fallback path (not available yet).")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 60.0,
+) -> None:
+    """Print a sample receipt through the whole real path and show it; exit 0 only if it printed."""
+    from cloud.runner import run_demo
+
+    _setup_logging(logging.WARNING)
+    if degraded:
+        fail("the BLE fallback path is not built yet")
+    try:
+        ok = asyncio.run(run_demo(console=out, timeout=timeout))
+    except PrintfleetError as exc:
+        fail(str(exc))
+    raise typer.Exit(0 if ok else 1)
+
+
+# -- devices and printers -----------------------------------------------------------------------
+
+
+def _write_agent_config(path: Path, agent_config: dict[str, Any], device: str) -> None:
+    from device_agent.config import write_config
+
+    data = dict(agent_config)
+    data.setdefault("agent", {"state_dir": f"{device}-state"})
+    write_config(path, data)
+
+
+@devices_app.command("add")
+def devices_add(
+    name: str,
+    serial: Annotated[str, typer.Option("--serial", help="Printer port: /dev/ttyUSB0, a pty, socket://HOST:PORT, loop://")],
+    baud: Annotated[int, typer.Option(help="Serial speed.")] = 19200,
+    profile: Annotated[str, typer.Option(help="Printer profile (see docs/documents.md).")] = "generic-80",
+    flow_control: Annotated[str, typer.Option(help="none, rtscts or xonxoff.")] = "none",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Where to write the agent config.")] = None,
+) -> None:
+    """Register a printer host with one printer (named like the host) and write its agent config."""
+    target = out_path or Path(f"{name}.agent.toml")
+    if target.exists():
+        fail(f"{target} already exists; choose another --out")
+    body = {"name": name, "serial_url": serial, "baud": baud, "profile": profile, "flow_control": flow_control}
+    result = call("POST", "/v1/devices", json=body)
+    try:
+        _write_agent_config(target, result["agent_config"], name)
+    except (OSError, PrintfleetError) as exc:
+        call("DELETE", f"/v1/devices/{name}")
+        fail(f"could not write {target}: {exc}")
+    out.print(f"registered device {name} with printer {name}; agent config written to {target}")
+    out.print(f"on the host: printfleet agent run --config {target.name}")
+
+
+@devices_app.command("remove")
+def devices_remove(name: str) -> None:
+    """Remove a host and its printers (their unfinished jobs are cancelled)."""
+    result = call("DELETE", f"/v1/devices/{name}")
+    out.print(f"removed device {name} (printers: {', '.join(result['printers'])})")
+
+
+@devices_app.command("list")
+def devices_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Devices with online state, last heartbeat, latency, and their printers' status."""
+    devices = call("GET", "/v1/devices")
+    if as_json:
+        emit_json(devices)
+        return
+    table = Table("device", "state", "last heartbeat", "latency", "printers")
+    for d in devices:
+        state = "online" if d["online"] else f"offline ({d['offline_reason'] or 'never seen'})"
+        age = d["last_heartbeat_age_s"]
+        hb = "-" if age is None else f"{age:.1f} s ago"
+        lat = "-" if d["latency_ms"] is None else f"{d['latency_ms']:.0f} ms"
+        printers = "\n".join(f"{p['name']}: {p['status']}" for p in d["printers"])
+        table.add_row(d["name"], state, hb, lat, printers)
+    out.print(table)
+
+
+@printers_app.command("add")
+def printers_add(
+    device: str,
+    name: str,
+    serial: Annotated[str, typer.Option("--serial", help="Printer port URL.")],
+    baud: Annotated[int, typer.Option()] = 19200,
+    profile: Annotated[str, typer.Option()] = "generic-80",
+    flow_control: Annotated[str, typer.Option()] = "none",
+) -> None:
+    """Attach another printer to a host; a running agent picks it up without re-flashing."""
+    body = {"device": device, "name": name, "serial_url": serial, "baud": baud, "profile": profile, "flow_control": flow_control}
+    call("POST", "/v1/printers", json=body)
+    out.print(f"added printer {name} to {device}")
+
+
+@printers_app.command("list")
+def printers_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every printer with its host, port and status."""
+    printers = call("GET", "/v1/printers")
+    if as_json:
+        emit_json(printers)
+        return
+    table = Table("printer", "device", "port", "profile", "status")
+    for p in printers:
+        table.add_row(p["name"], p["device"], p["serial_url"], p["profile"], p["status"])
+    out.print(table)
+
+
+@printers_app.command("remove")
+def printers_remove(name: str) -> None:
+    """Detach a printer (its unfinished jobs are cancelled)."""
+    call("DELETE", f"/v1/printers/{name}")
+    out.print(f"removed printer {name}")
+
+
+# -- printing and jobs --------------------------------------------------------------------------
+
+
+def _wait(client: ApiClient, job_id: str, timeout: float | None) -> dict[str, Any]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        slice_s = 30.0 if deadline is None else max(0.1, min(30.0, deadline - time.monotonic()))
+        job: dict[str, Any] = client.request("GET", f"/v1/jobs/{job_id}/wait", params={"timeout": slice_s}, timeout=slice_s + 10)
+        from printfleet.wire import JobState
+
+        if JobState(job["state"]).terminal or (deadline is not None and time.monotonic() >= deadline):
+            return job
+
+
+@app.command("print")
+def print_cmd(
+    printer: str,
+    text: Annotated[str | None, typer.Option(help="Plain text to print.")] = None,
+    doc: Annotated[Path | None, typer.Option(help="A receipt document (JSON, see docs/documents.md).")] = None,
+    raw: Annotated[Path | None, typer.Option(help="Raw ESC/POS bytes to send as they are.")] = None,
+    copies: Annotated[int, typer.Option(min=1, max=100)] = 1,
+    priority: Annotated[int, typer.Option(min=-100, max=100, help="Higher prints first.")] = 0,
+    ttl: Annotated[float | None, typer.Option(help="Seconds after which the job is stale and must not print.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Same key twice creates one job.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the outcome; exit 0 only if printed.")] = False,
+    wait_timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Submit a print job through the HTTP API."""
+    given = [x for x in (text, doc, raw) if x is not None]
+    if len(given) != 1:
+        fail("give exactly one of --text, --doc, --raw", 2)
+    body: dict[str, Any] = {"printer": printer, "copies": copies, "priority": priority}
+    if ttl is not None:
+        body["ttl"] = ttl
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
+    try:
+        if text is not None:
+            body["text"] = text
+        elif doc is not None:
+            document = json.loads(doc.read_text(encoding="utf-8"))
+            if not isinstance(document, dict):
+                fail(f"{doc}: a document is a JSON object")
+            body["document"] = document
+        elif raw is not None:
+            body["raw_base64"] = base64.b64encode(raw.read_bytes()).decode()
+    except OSError as exc:
+        fail(f"cannot read {exc.filename}: {exc.strerror}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        fail(f"{doc} is not valid JSON: {exc}")
+    with api() as client:
+        try:
+            job = client.request("POST", "/v1/jobs", json=body)
+            if wait:
+                job = _wait(client, job["id"], wait_timeout)
+        except ClientError as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json(job)
+    else:
+        line = f"job {job['id']} {job['state']}"
+        if job.get("detail"):
+            line += f" ({job['detail']})"
+        out.print(line, markup=False)
+    if wait and job["state"] != "printed":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    printer: Annotated[str | None, typer.Option()] = None,
+    state: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recent jobs, newest first."""
+    params = {k: v for k, v in {"printer": printer, "state": state, "limit": limit}.items() if v is not None}
+    jobs = call("GET", "/v1/jobs", params=params)
+    if as_json:
+        emit_json(jobs)
+        return
+    table = Table("job", "printer", "state", "copies", "created", "detail")
+    for j in jobs:
+        table.add_row(j["id"], j["printer"], j["state"], f"{j['copies_done']}/{j['copies']}", _ts(j["created_at"]), j["detail"] or "")
+    out.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One job with its full event history."""
+    job = call("GET", f"/v1/jobs/{job_id}")
+    if as_json:
+        emit_json(job)
+        return
+    out.print(f"job {job['id']}  printer {job['printer']} on {job['device']}", markup=False)
+    out.print(f"state {job['state']}" + (f" ({job['detail']})" if job["detail"] else ""), markup=False)
+    out.print(f"copies {job['copies_done']}/{job['copies']}, {job['size']} bytes, attempts {job['attempts']}", markup=False)
+    table = Table("time", "state", "source", "detail")
+    for e in job["events"]:
+        table.add_row(_ts(e["at"]), e["state"], e["source"], e["detail"] or "")
+    out.print(table)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a job that has not started printing."""
+    result = call("POST", f"/v1/jobs/{job_id}/cancel")
+    out.print(f"job {job_id}: {result.get('detail') or result['state']}", markup=False)
+
+
+@jobs_app.command("reprint")
+def jobs_reprint(job_id: str) -> None:
+    """Print a finished job again as a new job linked to it (the operator's decision for `unknown`)."""
+    job = call("POST", f"/v1/jobs/{job_id}/reprint")
+    out.print(f"job {job['id']} queued (reprint of {job_id})", markup=False)
+
+
+@jobs_app.command("watch")
+def jobs_watch(printer: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Show job transitions live (Ctrl-C to stop)."""
+    with api() as client:
+        try:
+            params = {"printer": printer} if printer else {}
+            for event in client.stream_lines("/v1/events", **params):
+                if event.get("type") == "job":
+                    detail = f" ({event['detail']})" if event.get("detail") else ""
+                    out.print(f"{_ts(event['at'])} {event['printer']} {event['job']} {event['state']}{detail}", markup=False)
+        except ClientError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            return
+
+
+# -- agent and broker ---------------------------------------------------------------------------
+
+
+@agent_app.command("run")
+def agent_run(config: Annotated[Path, typer.Option("--config", help="The agent.toml written by `devices add`.")]) -> None:
+    """Run the device agent (graceful stop on SIGINT/SIGTERM)."""
+    from device_agent.agent import Agent
+    from device_agent.config import load_config
+
+    _setup_logging(logging.INFO)
+    try:
+        cfg = load_config(config)
+    except PrintfleetError as exc:
+        fail(str(exc))
+    asyncio.run(_run_until_signal(Agent(cfg).run()))
+
+
+async def _run_until_signal(coro: Any) -> None:
+    from cloud.service import wait_for_signal
+
+    task = asyncio.create_task(coro, name="main")
+    sig = asyncio.create_task(wait_for_signal(), name="signals")
+    done, _ = await asyncio.wait({task, sig}, return_when=asyncio.FIRST_COMPLETED)
+    if sig in done:
+        task.cancel()
+    else:
+        sig.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+@broker_app.command("run")
+def broker_run(
+    data_dir: DataDirOpt = None,
+    mqtt_bind: Annotated[str, typer.Option(help="Listen address HOST:PORT.")] = "127.0.0.1:1883",
+) -> None:
+    """Run the embedded broker alone, with the registered credentials and ACLs."""
+    from cloud.runner import serve_broker
+
+    _setup_logging(logging.INFO)
+    try:
+        asyncio.run(serve_broker(data_dir or G.data_dir, mqtt_bind, console=out))
+    except PrintfleetError as exc:
+        fail(str(exc))
+
+
+@broker_app.command("export")
+def broker_export(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for mosquitto.conf, passwd and acl.")],
+    fmt: Annotated[str, typer.Option("--format", help="Only 'mosquitto' for now.")] = "mosquitto",
+    data_dir: DataDirOpt = None,
+    listen: Annotated[str, typer.Option(help="Listener address written into mosquitto.conf.")] = "127.0.0.1:1883",
+) -> None:
+    """Write broker configuration (password and ACL files) for every registered device."""
+    from cloud.runner import export_broker
+
+    if fmt != "mosquitto":
+        fail(f"unknown format {fmt!r}: only 'mosquitto' is supported", 2)
+    try:
+        files = asyncio.run(export_broker(data_dir or G.data_dir, out_dir, listen))
+    except PrintfleetError as exc:
+        fail(str(exc))
+    out.print(f"wrote {files}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(1)
