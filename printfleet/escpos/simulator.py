@@ -1,0 +1,870 @@
+"""A simulated ESC/POS printer, for the demo and every end-to-end test.
+
+* :class:`PrinterModel` is the pure state machine: a bounded receive buffer, real-time commands
+  (DLE EOT, DLE ENQ, DLE DC4) answered on arrival, print data consumed by :meth:`~PrinterModel.process`
+  at the speed the caller chooses, faults that hold the data, and decoding of what was printed
+  into :class:`Receipt` objects for assertions.
+* :class:`PtyPrinter` runs a model on the master side of a pty (its ``url`` is the slave path, which
+  pyserial opens); :class:`TcpPrinter` serves one on ``socket://127.0.0.1:PORT``.
+* ``python -m printfleet.escpos.simulator --pty`` prints the port and the receipts as they arrive.
+
+The receive side tokenizes the incoming stream (:func:`printfleet.escpos.segment.measure`) so a
+``10 04 n`` inside image data is not mistaken for a status query; real printers scan blindly, which
+is one more reason the link sends real-time commands only between complete commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sys
+import termios
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import Enum, StrEnum
+from types import TracebackType
+from typing import Final, Self
+
+from printfleet.escpos.segment import DLE, NEED_MORE, measure
+from printfleet.escpos.status import (
+    ErrorKind,
+    PrinterStatus,
+    encode_asb,
+    encode_status_reply,
+)
+
+log = logging.getLogger(__name__)
+
+XON: Final = b"\x11"
+XOFF: Final = b"\x13"
+
+#: ESC t n -> Python codec, for the tables the simulator knows.
+CODE_PAGES: Final = {
+    0: "cp437",
+    2: "cp850",
+    3: "cp860",
+    4: "cp863",
+    5: "cp865",
+    16: "cp1252",
+    17: "cp866",
+    18: "cp852",
+    19: "cp858",
+}
+
+BARCODE_NAMES: Final = {
+    0: "UPC-A", 1: "UPC-E", 2: "EAN13", 3: "EAN8", 4: "CODE39", 5: "ITF", 6: "CODABAR",
+    65: "UPC-A", 66: "UPC-E", 67: "EAN13", 68: "EAN8", 69: "CODE39", 70: "ITF", 71: "CODABAR",
+    72: "CODE93", 73: "CODE128", 74: "GS1-128", 75: "GS1-DATABAR-OMNI", 76: "GS1-DATABAR-TRUNCATED",
+    77: "GS1-DATABAR-LIMITED", 78: "GS1-DATABAR-EXPANDED", 79: "CODE128-AUTO",
+}  # fmt: skip
+
+#: Commands a transport adds to a job to learn its progress; left out of ``payload_printed``.
+_QUERY_COMMANDS: Final = frozenset({"GS r", "GS ( H", "GS I"})
+_RECOVERABLE = frozenset({ErrorKind.RECOVERABLE, ErrorKind.AUTOCUTTER, ErrorKind.AUTO_RECOVERABLE})
+_TEXT_RUN = re.compile(rb"[\x20-\xff]+")
+#: A declared command length beyond this is treated as garbage (skip the prefix byte).
+_MAX_COMMAND = 4 * 1024 * 1024
+#: How many bytes of an undetermined header (e.g. GS k form A without its NUL) are waited for.
+_MAX_PENDING_HEADER = 1024
+
+
+class Overflow(StrEnum):
+    DROP = "drop"  # bytes beyond the buffer are lost and counted (real printers)
+    BLOCK = "block"  # nothing is dropped; the transport stops reading while the buffer is full
+
+
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+_KEEP: Final = _Keep.KEEP
+
+
+@dataclass(frozen=True, kw_only=True)
+class Faults:
+    """The conditions set on a simulated printer."""
+
+    paper_out: bool = False
+    paper_near_end: bool = False
+    cover_open: bool = False
+    offline: bool = False
+    error: ErrorKind | None = None
+
+    @property
+    def holding(self) -> bool:
+        """True when the printer stops processing its buffer."""
+        return self.paper_out or self.cover_open or self.offline or self.error is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Receipt:
+    """What was printed up to a cut, decoded to text lines."""
+
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+class PrinterModel:
+    """A simulated ESC/POS printer as a pure state machine (no I/O, no clock).
+
+    :meth:`receive` takes what arrives on the wire; :meth:`process` prints up to ``max_bytes`` of
+    the buffer and returns every response byte pending (real-time replies included);
+    :meth:`take_output` returns the pending responses without printing.
+    """
+
+    def __init__(
+        self,
+        *,
+        buffer_size: int = 4096,
+        overflow: Overflow | str = Overflow.DROP,
+        codepage: str = "cp858",
+        xonxoff: bool = False,
+        drawer_pin3_high: bool = False,
+        model_id: bytes = b"TM-SIM",
+    ) -> None:
+        if buffer_size < 16:
+            raise ValueError("buffer_size must be at least 16")
+        self.buffer_size = buffer_size
+        self.overflow = Overflow(overflow)
+        self.default_codepage = codepage
+        self.xonxoff = xonxoff
+        self.model_id = model_id
+        self.on_change: Callable[[], None] | None = None
+        """Called after anything observable changed (output pending, receipt, fault); set by transports."""
+
+        self.receipts: list[Receipt] = []
+        self.raw_printed = bytearray()
+        """Every byte taken from the buffer and processed, in order."""
+        self.payload_printed = bytearray()
+        """What was printed without the query commands a transport inserts (GS r, GS ( H, GS I)."""
+        self.bytes_received = 0
+        self.bytes_dropped = 0
+        self.bytes_cleared = 0
+        self.drawer_pulses = 0
+        self._faults = Faults()
+        self._drawer_pin3_high = drawer_pin3_high
+        self._rx = bytearray()  # arrived, not yet scanned for real-time commands
+        self._skip = 0  # payload bytes of a long command still to pass through the scanner
+        self._buffer = bytearray()  # the printer's receive buffer
+        self._dec = bytearray()  # taken from the buffer, not yet a complete command
+        self._out = bytearray()
+        self._xoff_sent = False
+        self._asb_mask = 0
+        self._codepage = codepage
+        self._line: list[str] = []
+        self._lines: list[str] = []
+        self._last_image: tuple[int, int] | None = None  # (width, height) of the line just printed
+        self._qr: dict[int, bytes] = {}
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    @property
+    def holding(self) -> bool:
+        return self._faults.holding
+
+    @property
+    def buffered(self) -> int:
+        """Bytes waiting to be printed."""
+        return len(self._buffer)
+
+    @property
+    def accepting(self) -> bool:
+        """False when a transport in ``block`` mode should stop reading (the buffer is full)."""
+        return self.overflow is Overflow.DROP or len(self._buffer) < self.buffer_size
+
+    @property
+    def status(self) -> PrinterStatus:
+        f = self._faults
+        return PrinterStatus(
+            drawer_pin3_high=self._drawer_pin3_high,
+            offline=f.holding,
+            waiting_for_online_recovery=f.error in _RECOVERABLE,
+            feed_button_pressed=False,
+            cover_open=f.cover_open,
+            paper_fed_by_button=False,
+            stopped_by_paper_end=f.paper_out,
+            error=f.error is not None,
+            recoverable_error=f.error is ErrorKind.RECOVERABLE,
+            autocutter_error=f.error is ErrorKind.AUTOCUTTER,
+            unrecoverable_error=f.error is ErrorKind.UNRECOVERABLE,
+            auto_recoverable_error=f.error is ErrorKind.AUTO_RECOVERABLE,
+            paper_near_end=f.paper_near_end,
+            paper_end=f.paper_out,
+        )
+
+    def set_fault(
+        self,
+        *,
+        paper_out: bool | None = None,
+        paper_near_end: bool | None = None,
+        cover_open: bool | None = None,
+        offline: bool | None = None,
+        error: ErrorKind | _Keep | None = _KEEP,
+    ) -> None:
+        """Change the faults named; the others stay as they are (``error=None`` clears the error)."""
+        before = self.status
+        f = self._faults
+        self._faults = Faults(
+            paper_out=f.paper_out if paper_out is None else paper_out,
+            paper_near_end=f.paper_near_end if paper_near_end is None else paper_near_end,
+            cover_open=f.cover_open if cover_open is None else cover_open,
+            offline=f.offline if offline is None else offline,
+            error=f.error if isinstance(error, _Keep) else error,
+        )
+        self._status_changed(before)
+        self._changed()
+
+    def clear_faults(self) -> None:
+        before = self.status
+        self._faults = Faults()
+        self._status_changed(before)
+        self._changed()
+
+    # -- receive side ------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """Take bytes from the wire: answer real-time commands now, buffer the rest."""
+        self.bytes_received += len(data)
+        self._rx += data
+        self._scan()
+        self._changed()
+
+    def _scan(self) -> None:
+        rx = self._rx
+        while rx:
+            if self._skip:
+                take = min(self._skip, len(rx))
+                self._store(rx[:take])
+                del rx[:take]
+                self._skip -= take
+                continue
+            if rx[0] >= 0x20:
+                match = _TEXT_RUN.match(rx)
+                assert match is not None
+                self._store(rx[: match.end()])
+                del rx[: match.end()]
+                continue
+            m = measure(bytes(rx[:16]) if rx[:2] != b"\x1dk" else bytes(rx), 0)
+            if m is NEED_MORE:
+                if len(rx) <= _MAX_PENDING_HEADER:
+                    return
+                m = None
+            if m is None or m[0] > _MAX_COMMAND:
+                self._store(rx[:1])  # unknown: the printer will ignore the prefix byte
+                del rx[:1]
+                continue
+            length = m[0]
+            if rx[0] == DLE:
+                if len(rx) < length:
+                    return
+                self._realtime(bytes(rx[:length]))
+                del rx[:length]
+                continue
+            take = min(length, len(rx))
+            self._store(rx[:take])
+            del rx[:take]
+            self._skip = length - take
+
+    def _store(self, data: bytes | bytearray) -> None:
+        if self.overflow is Overflow.DROP:
+            room = max(0, self.buffer_size - len(self._buffer))
+            if len(data) > room:
+                self.bytes_dropped += len(data) - room
+                data = data[:room]
+        self._buffer += data
+        if self.xonxoff and not self._xoff_sent and len(self._buffer) >= self.buffer_size * 3 // 4:
+            self._xoff_sent = True
+            self._out += XOFF
+
+    def _realtime(self, cmd: bytes) -> None:
+        match cmd[1], cmd[2]:
+            case 0x04, n if 1 <= n <= 4:  # DLE EOT n
+                self._out.append(encode_status_reply(n, self.status))
+            case 0x05, n if n in (1, 2):  # DLE ENQ n: recover from a recoverable error
+                if self._faults.error in _RECOVERABLE:
+                    before = self.status
+                    self._faults = replace(self._faults, error=None)
+                    if n == 2:
+                        self._clear_buffers()
+                    self._status_changed(before)
+            case 0x14, 1:  # DLE DC4 1 m t: drawer pulse
+                self.drawer_pulses += 1
+            case 0x14, 8:  # DLE DC4 8 1 3 20 1 6 2 8: clear buffers
+                self._clear_buffers()
+            case _:
+                log.debug("ignoring real-time command %s", cmd.hex(" "))
+
+    def _clear_buffers(self) -> None:
+        self.bytes_cleared += len(self._buffer) + len(self._dec)
+        self._buffer.clear()
+        self._dec.clear()
+
+    # -- print side --------------------------------------------------------------------------
+
+    def take_output(self) -> bytes:
+        """Every response byte produced so far and not yet taken."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def process(self, max_bytes: int | None = None) -> bytes:
+        """Print up to ``max_bytes`` buffered bytes (all when ``None``); return pending responses.
+
+        Nothing is printed while a fault holds the printer.
+        """
+        budget = len(self._buffer) if max_bytes is None else max_bytes
+        printed_any = False
+        while budget > 0 and self._buffer and not self.holding:
+            take = min(budget, len(self._buffer))
+            chunk = self._buffer[:take]
+            del self._buffer[:take]
+            budget -= take
+            self.raw_printed += chunk
+            self._dec += chunk
+            self._decode()
+            printed_any = True
+        if self.xonxoff and self._xoff_sent and len(self._buffer) <= self.buffer_size // 4:
+            self._xoff_sent = False
+            self._out += XON
+        if printed_any:
+            self._changed()
+        return self.take_output()
+
+    def _decode(self) -> None:
+        dec = self._dec
+        pos = 0
+        n = len(dec)
+        while pos < n and not self.holding:
+            b = dec[pos]
+            if b >= 0x20:
+                match = _TEXT_RUN.match(dec, pos)
+                assert match is not None
+                self._text(bytes(dec[pos : match.end()]))
+                self.payload_printed += dec[pos : match.end()]
+                pos = match.end()
+                continue
+            m = measure(bytes(dec[pos : pos + 16]) if dec[pos : pos + 2] != b"\x1dk" else bytes(dec[pos:]), 0)
+            if m is NEED_MORE:
+                if n - pos <= _MAX_PENDING_HEADER:
+                    break
+                m = None
+            if m is None or m[0] > _MAX_COMMAND:
+                log.debug("skipping unknown command byte 0x%02x", b)
+                self.payload_printed.append(b)
+                pos += 1
+                continue
+            length, name = m
+            if pos + length > n:
+                break
+            cmd = bytes(dec[pos : pos + length])
+            if name not in _QUERY_COMMANDS:
+                self.payload_printed += cmd
+            self._execute(cmd, name)
+            pos += length
+        del dec[:pos]
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def _text(self, data: bytes) -> None:
+        self._last_image = None
+        self._line.append(data.decode(self._codepage, errors="replace"))
+
+    def _end_line(self, *, force: bool) -> None:
+        if self._line or force:
+            self._lines.append("".join(self._line))
+            self._line = []
+
+    def _item(self, item: str) -> None:
+        self._end_line(force=False)
+        self._last_image = None
+        self._lines.append(item)
+
+    def _image(self, width: int, height: int) -> None:
+        self._end_line(force=False)
+        if self._last_image is not None and self._last_image[0] == width and self._lines:
+            height += self._last_image[1]
+            self._lines[-1] = f"[image {width}x{height}]"
+        else:
+            self._lines.append(f"[image {width}x{height}]")
+        self._last_image = (width, height)
+
+    def _cut(self) -> None:
+        self._end_line(force=False)
+        lines = list(self._lines)
+        while lines and lines[-1] == "":
+            lines.pop()
+        self.receipts.append(Receipt(lines=tuple(lines)))
+        self._lines = []
+        self._last_image = None
+
+    def _execute(self, cmd: bytes, name: str) -> None:
+        match name:
+            case "LF":
+                self._last_image = None
+                self._end_line(force=True)
+            case "ESC @":
+                self._codepage = self.default_codepage
+            case "ESC t":
+                self._codepage = CODE_PAGES.get(cmd[2], self._codepage)
+            case "ESC d" | "ESC J":
+                self._end_line(force=False)
+            case "GS V":
+                self._cut()
+            case "GS v 0":
+                self._image((cmd[4] | cmd[5] << 8) * 8, cmd[6] | cmd[7] << 8)
+            case "ESC *":
+                self._image(cmd[3] | cmd[4] << 8, 24 if cmd[2] >= 32 else 8)
+            case "GS ( L" | "GS 8 L":
+                base = 5 if name == "GS ( L" else 7
+                if len(cmd) >= base + 9 and cmd[base + 1] == 112:
+                    w = cmd[base + 5] | cmd[base + 6] << 8
+                    h = cmd[base + 7] | cmd[base + 8] << 8
+                    self._image(w, h)
+            case "GS k":
+                m = cmd[2]
+                data = cmd[3:-1] if m <= 6 else cmd[4:]
+                text = data.decode("latin-1")
+                if m == 73 and text[:2] in ("{A", "{B"):
+                    text = text[2:]
+                self._item(f"[barcode {BARCODE_NAMES.get(m, str(m))} {text}]")
+            case "GS ( k" if len(cmd) >= 8:
+                cn, fn = cmd[5], cmd[6]
+                if fn == 80:
+                    self._qr[cn] = cmd[8:]
+                elif fn == 81:
+                    kind = {49: "qr", 48: "pdf417"}.get(cn, f"2d-{cn}")
+                    self._item(f"[{kind} {self._qr.get(cn, b'').decode('utf-8', errors='replace')}]")
+            case "ESC p":
+                self._item("[drawer]")
+            case "ESC B" | "ESC ( A":
+                self._item("[buzzer]")
+            case "GS r":
+                self._out.append(self._gs_r_reply(cmd[2]))
+                self._changed()
+            case "GS ( H" if len(cmd) >= 11 and cmd[5] == 0x30:
+                self._out += b"\x37\x22" + cmd[7:11] + b"\x00"
+                self._changed()
+            case "GS I":
+                self._out += self._gs_i_reply(cmd[2])
+                self._changed()
+            case "GS a":
+                before_mask, self._asb_mask = self._asb_mask, cmd[2]
+                if self._asb_mask and not before_mask:
+                    self._out += encode_asb(self.status)
+                    self._changed()
+            case "HT":
+                self._line.append("\t")
+            case _:
+                pass  # formatting and everything else: consumed, not shown
+
+    def _gs_r_reply(self, n: int) -> int:
+        if n in (1, 49):
+            f = self._faults
+            return (0x03 if f.paper_near_end else 0) | (0x0C if f.paper_out else 0)
+        if n in (2, 50):
+            return 0x01 if self._drawer_pin3_high else 0
+        return 0
+
+    def _gs_i_reply(self, n: int) -> bytes:
+        match n:
+            case 1 | 49:
+                return b"\x20"
+            case 2 | 50:
+                return b"\x02"
+            case 3 | 51:
+                return b"\x64"
+            case 65:
+                return b"_1.00\x00"
+            case 66:
+                return b"_PRINTFLEET\x00"
+            case 67:
+                return b"_" + self.model_id + b"\x00"
+            case 68:
+                return b"_0000001\x00"
+            case 69:
+                return b"_PC858\x00"
+            case _:
+                return b""
+
+    def _status_changed(self, before: PrinterStatus) -> None:
+        if self._asb_mask and self.status != before:
+            self._out += encode_asb(self.status)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # -- for assertions ----------------------------------------------------------------------
+
+    @property
+    def pending_lines(self) -> tuple[str, ...]:
+        """Lines printed since the last cut (the partial line included)."""
+        partial = ["".join(self._line)] if self._line else []
+        return (*self._lines, *partial)
+
+    def text(self) -> str:
+        """Everything printed so far as text, cut receipts first, then the pending lines."""
+        lines = [line for r in self.receipts for line in r.lines]
+        lines.extend(self.pending_lines)
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transports.
+
+
+class _SimulatedPrinter:
+    """The drain loop and the waiting helpers shared by :class:`PtyPrinter` and :class:`TcpPrinter`."""
+
+    url: str
+
+    def __init__(
+        self,
+        model: PrinterModel | None = None,
+        *,
+        drain_bytes_per_s: float | None = None,
+        tick: float = 0.005,
+    ) -> None:
+        self.model = model if model is not None else PrinterModel()
+        self.drain_bytes_per_s = drain_bytes_per_s
+        self._tick = tick
+        self._wake: asyncio.Event | None = None
+        self._changed_ev: asyncio.Event | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def _start(self) -> None:
+        self._wake = asyncio.Event()
+        self._changed_ev = asyncio.Event()
+        self.model.on_change = self._on_model_change
+        self._drain_task = asyncio.create_task(self._drain(), name=f"simulator-drain {self.url}")
+
+    async def _stop(self) -> None:
+        self.model.on_change = None
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+            self._drain_task = None
+
+    def _on_model_change(self) -> None:
+        assert self._wake is not None
+        assert self._changed_ev is not None
+        self._wake.set()
+        self._changed_ev.set()
+
+    def _send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _accepting_changed(self) -> None:
+        """Hook for transports that stop reading while the model's buffer is full."""
+
+    async def _drain(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._flush()
+            if self.drain_bytes_per_s is None:
+                self._flush(self.model.process())
+                continue
+            credit = 0.0
+            last = loop.time()
+            while self.model.buffered and not self.model.holding:
+                await asyncio.sleep(self._tick)  # simulated print time, not synchronisation
+                now = loop.time()
+                credit += (now - last) * self.drain_bytes_per_s
+                last = now
+                n = int(credit)
+                credit -= n
+                self._flush(self.model.process(n))
+
+    def _flush(self, data: bytes = b"") -> None:
+        out = data + self.model.take_output()
+        if out:
+            self._send(out)
+        self._accepting_changed()
+
+    def _receive(self, data: bytes) -> None:
+        self.model.receive(data)
+        self._flush()
+
+    def set_fault(
+        self,
+        *,
+        paper_out: bool | None = None,
+        paper_near_end: bool | None = None,
+        cover_open: bool | None = None,
+        offline: bool | None = None,
+        error: ErrorKind | _Keep | None = _KEEP,
+    ) -> None:
+        """Set faults on the model (ASB blocks, if enabled, go out at once)."""
+        self.model.set_fault(
+            paper_out=paper_out,
+            paper_near_end=paper_near_end,
+            cover_open=cover_open,
+            offline=offline,
+            error=error,
+        )
+        self._flush()
+
+    def clear_faults(self) -> None:
+        self.model.clear_faults()
+        self._flush()
+
+    # The timeout parameters (ASYNC109) are this test helper's purpose: every wait is bounded.
+    async def wait_until(
+        self,
+        predicate: Callable[[PrinterModel], bool],
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> None:
+        """Wait until ``predicate(model)`` holds, re-checking on every model change."""
+        assert self._changed_ev is not None, "use the printer as an async context manager"
+        async with asyncio.timeout(timeout):
+            while not predicate(self.model):
+                self._changed_ev.clear()
+                await self._changed_ev.wait()
+
+    async def wait_for_receipts(
+        self,
+        n: int,
+        timeout: float | None = 5.0,  # noqa: ASYNC109
+    ) -> list[Receipt]:
+        """Wait until at least ``n`` receipts were cut; return them all."""
+        await self.wait_until(lambda m: len(m.receipts) >= n, timeout)
+        return list(self.model.receipts)
+
+
+class PtyPrinter(_SimulatedPrinter):
+    """A :class:`PrinterModel` on the master side of a pty; ``url`` is the slave path."""
+
+    def __init__(
+        self,
+        model: PrinterModel | None = None,
+        *,
+        drain_bytes_per_s: float | None = None,
+        tick: float = 0.005,
+    ) -> None:
+        super().__init__(model, drain_bytes_per_s=drain_bytes_per_s, tick=tick)
+        self._master = -1
+        self._slave = -1
+        self._reading = False
+        self._pending_out = bytearray()
+        self.url = ""
+
+    async def __aenter__(self) -> Self:
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave, termios.TCSANOW)
+        os.set_blocking(self._master, False)
+        self.url = os.ttyname(self._slave)
+        await self._start()
+        self._set_reading(True)
+        log.debug("simulated printer on %s", self.url)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stop()
+        loop = asyncio.get_running_loop()
+        self._set_reading(False)
+        if self._pending_out:
+            loop.remove_writer(self._master)
+        for fd in (self._master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._master = self._slave = -1
+
+    def _set_reading(self, on: bool) -> None:
+        if on == self._reading or self._master < 0:
+            return
+        loop = asyncio.get_running_loop()
+        if on:
+            loop.add_reader(self._master, self._on_readable)
+        else:
+            loop.remove_reader(self._master)
+        self._reading = on
+
+    def _accepting_changed(self) -> None:
+        self._set_reading(self.model.accepting)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._master, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # EIO: no process has the slave open (we keep ours, so rare)
+            log.debug("pty read: %s", exc)
+            return
+        if data:
+            self._receive(data)
+
+    def _send(self, data: bytes) -> None:
+        if self._master < 0:
+            return
+        if self._pending_out:
+            self._pending_out += data
+            return
+        try:
+            n = os.write(self._master, data)
+        except BlockingIOError:
+            n = 0
+        if n < len(data):
+            self._pending_out += data[n:]
+            asyncio.get_running_loop().add_writer(self._master, self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            n = os.write(self._master, self._pending_out)
+        except BlockingIOError:
+            return
+        del self._pending_out[:n]
+        if not self._pending_out:
+            asyncio.get_running_loop().remove_writer(self._master)
+
+
+class TcpPrinter(_SimulatedPrinter):
+    """A :class:`PrinterModel` served on 127.0.0.1 (port 0); ``url`` is ``socket://127.0.0.1:PORT``.
+
+    One client at a time: a second connection is closed at once.
+    """
+
+    def __init__(
+        self,
+        model: PrinterModel | None = None,
+        *,
+        drain_bytes_per_s: float | None = None,
+        tick: float = 0.005,
+    ) -> None:
+        super().__init__(model, drain_bytes_per_s=drain_bytes_per_s, tick=tick)
+        self._server: asyncio.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._client_task: asyncio.Task[None] | None = None
+        self._can_read: asyncio.Event | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Self:
+        self._can_read = asyncio.Event()
+        self._can_read.set()
+        self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"socket://127.0.0.1:{port}"
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stop()
+        if self._server is not None:
+            self._server.close()
+        if self._writer is not None:
+            self._writer.close()
+        if self._client_task is not None:
+            self._client_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._client_task
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def _accepting_changed(self) -> None:
+        if self._can_read is not None:
+            if self.model.accepting:
+                self._can_read.set()
+            else:
+                self._can_read.clear()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:
+            writer.close()
+            return
+        self._writer = writer
+        self._client_task = asyncio.current_task()
+        assert self._can_read is not None
+        try:
+            while True:
+                await self._can_read.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                self._receive(data)
+        except ConnectionError as exc:
+            log.debug("simulator client gone: %s", exc)
+        finally:
+            self._writer = None
+            self._client_task = None
+            writer.close()
+
+    def _send(self, data: bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    model = PrinterModel(buffer_size=args.buffer, overflow=args.overflow)
+    if args.tcp:
+        async with TcpPrinter(model, drain_bytes_per_s=args.drain) as tcp:
+            await _show(tcp, paper_out=args.paper_out)
+    else:
+        async with PtyPrinter(model, drain_bytes_per_s=args.drain) as pty:
+            await _show(pty, paper_out=args.paper_out)
+
+
+async def _show(printer: _SimulatedPrinter, *, paper_out: bool) -> None:
+    if paper_out:
+        printer.set_fault(paper_out=True)
+    print(f"simulated printer at {printer.url}", flush=True)
+    seen = 0
+    while True:
+        receipts = await printer.wait_for_receipts(seen + 1, timeout=None)
+        for receipt in receipts[seen:]:
+            seen += 1
+            print(f"--- receipt {seen} ---\n{receipt.text}\n", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m printfleet.escpos.simulator", description=__doc__)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pty", action="store_true", help="serve on a pty (prints its path)")
+    where.add_argument("--tcp", action="store_true", help="serve on 127.0.0.1, a free port")
+    parser.add_argument("--paper-out", action="store_true", help="start with the paper out")
+    parser.add_argument("--drain", type=float, default=None, help="print speed in bytes/s (default: instant)")
+    parser.add_argument("--buffer", type=int, default=4096, help="receive buffer size in bytes")
+    parser.add_argument("--overflow", choices=[o.value for o in Overflow], default=Overflow.DROP.value)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = [
+    "BARCODE_NAMES",
+    "CODE_PAGES",
+    "Faults",
+    "Overflow",
+    "PrinterModel",
+    "PtyPrinter",
+    "Receipt",
+    "TcpPrinter",
+]
