@@ -482,8 +482,8 @@ class _FleetBroker(Broker):
             if await self._admit(conn):
                 await self._client_connected(listener_name, conn.reader, conn.writer_adapter)
         finally:
-            if conn.address is not None:
-                self._policy.forget(conn.address)
+            if conn.address is not None and conn.client_id is not None:
+                self._policy.forget(conn.client_id, conn.address)
             if conn.client_id is not None and self._live.get(conn.client_id) is conn:
                 del self._live[conn.client_id]
             await conn.wait_closed(_CLOSE_TIMEOUT)
@@ -529,7 +529,7 @@ class _FleetBroker(Broker):
             await self._wait_gone(previous, _CLOSE_TIMEOUT)
         if conn.close_reason is not None or conn.address is None:
             return False  # itself taken over while waiting
-        self._policy.mark_admitted(conn.address, client_id)
+        self._policy.mark_admitted(client_id, conn.address)
         conn.reader.rewind()
         return True
 

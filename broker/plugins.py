@@ -112,9 +112,9 @@ class AccessPolicy:
 
     credentials: CredentialSource
     lookup_timeout: float = 10.0
-    #: Connections admitted by the CONNECT gate, keyed by (remote address, remote port); the auth
-    #: plugin confirms each one exactly once.
-    _admitted: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
+    #: Client ids admitted by the CONNECT gate (with the connection's address); the auth plugin
+    #: confirms each admission exactly once.
+    _admitted: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
 
     async def admit(
         self,
@@ -154,19 +154,23 @@ class AccessPolicy:
         return Admission(peer=credential.peer)
 
     # -- the handshake between the CONNECT gate and amqtt's auth plugin --------------------------
+    # The gate admits one connection per client id at a time (a newer one takes over first); amqtt
+    # then authenticates the session built from that same CONNECT. Keyed by client id because amqtt
+    # reuses a persistent session object, which still carries the previous connection's address.
 
-    def mark_admitted(self, address: tuple[str, int], client_id: str) -> None:
-        self._admitted[address] = client_id
+    def mark_admitted(self, client_id: str, address: tuple[str, int]) -> None:
+        self._admitted[client_id] = address
 
-    def forget(self, address: tuple[str, int]) -> None:
-        self._admitted.pop(address, None)
+    def forget(self, client_id: str, address: tuple[str, int]) -> None:
+        if self._admitted.get(client_id) == address:
+            del self._admitted[client_id]
 
     def confirm(self, session: Session) -> bool:
-        """True once for a session whose connection the gate admitted with this client id."""
-        if session.remote_address is None or session.remote_port is None:
+        """True once for a session whose CONNECT the gate admitted."""
+        if session.client_id is None:
             return False
-        admitted = self._admitted.pop((session.remote_address, session.remote_port), None)
-        return admitted is not None and admitted == session.client_id == session.username
+        admitted = self._admitted.pop(session.client_id, None)
+        return admitted is not None and session.client_id == session.username
 
     # -- topics ---------------------------------------------------------------------------------
 

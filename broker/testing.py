@@ -266,12 +266,39 @@ def make_account(peer: wire.Peer, *, enabled: bool = True, iterations: int = 100
 
 
 class MessageLog:
-    """Collects an aiomqtt client's messages in a background task; wait for one with a deadline."""
+    """Collects an aiomqtt client's messages in a background task; wait for one with a deadline.
+
+    ::
+
+        async with account.client(port) as client, MessageLog(client) as log:
+            await client.subscribe(...)
+            await log.wait_for(topic, payload)
+    """
 
     def __init__(self, client: aiomqtt.Client) -> None:
         self._client = client
         self.messages: list[aiomqtt.Message] = []
         self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self.run(), name=f"message-log-{self._client.identifier}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._task
+
+    async def wait_disconnected(self, timeout: float = 5.0) -> None:
+        """Return once the client's connection is gone (its message stream ended)."""
+        if self._task is None:
+            raise RuntimeError("MessageLog is not running")
+        with contextlib.suppress(aiomqtt.MqttError):
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
 
     async def run(self) -> None:
         async for message in self._client.messages:
