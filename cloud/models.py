@@ -37,6 +37,7 @@ class Device(Base):
     latency_ms: Mapped[float | None] = mapped_column(default=None)
     offline_reason: Mapped[str | None] = mapped_column(String(200), default=None)
     config_version: Mapped[int] = mapped_column(Integer, default=0)
+    keepalive: Mapped[int] = mapped_column(Integer, default=10)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     printers: Mapped[list[Printer]] = relationship(back_populates="device", cascade="all, delete-orphan")

@@ -48,6 +48,7 @@ class Presence:
             came_online = not device.online or birth.session != device.session
             device.session = birth.session
             device.boot_id = birth.boot_id
+            device.keepalive = birth.keepalive
             device.agent_version = birth.version
             device.online = True
             device.offline_reason = None
@@ -83,6 +84,7 @@ class Presence:
                 return None
             came_online = not device.online or hb.session != device.session
             device.session = hb.session
+            device.keepalive = hb.keepalive
             device.last_seen_at = now
             device.last_heartbeat_at = now
             if came_online:
@@ -117,19 +119,24 @@ class Presence:
             device.last_seen_at = wire.now_ms()
 
     async def expire_deadlines(self) -> list[PresenceChange]:
-        """Mark offline every device silent for longer than the heartbeat deadline."""
-        cutoff = wire.now_ms() - self.heartbeat_timeout_ms
+        """Mark offline every device silent for longer than 1.5x its keep-alive (MQTT's own rule)."""
+        now = wire.now_ms()
         changes: list[PresenceChange] = []
         async with self._sessions.begin() as s:
-            rows = await s.scalars(
-                select(Device).where(Device.online.is_(True), Device.last_seen_at < cutoff)
-            )
+            rows = await s.scalars(select(Device).where(Device.online.is_(True)))
             for device in rows:
-                device.online = False
-                device.offline_reason = "heartbeat deadline missed"
-                changes.append(PresenceChange(device=device.name, online=False))
-                log.info("device %s offline (no heartbeat for %.1f s)", device.name, self.heartbeat_timeout_ms / 1000)
+                limit = self.deadline_ms(device.keepalive)
+                if device.last_seen_at is not None and now - device.last_seen_at > limit:
+                    device.online = False
+                    device.offline_reason = "heartbeat deadline missed"
+                    changes.append(PresenceChange(device=device.name, online=False))
+                    log.info("device %s offline (silent for more than %.1f s)", device.name, limit / 1000)
         return changes
+
+    def deadline_ms(self, keepalive: int | None) -> int:
+        if keepalive:
+            return int(keepalive * 1500)
+        return self.heartbeat_timeout_ms
 
     async def mark_all_unknown(self) -> None:
         """At controller start nobody is known to be online until they speak again."""

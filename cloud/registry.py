@@ -361,7 +361,7 @@ def device_view(device: Device, now: int) -> dict[str, Any]:
 
 def printer_view(printer: Printer, device: Device | None = None) -> dict[str, Any]:
     device = device or printer.device
-    health = wire.PrinterHealth.model_validate(printer.health) if printer.health else None
+    health = wire.validate_model(wire.PrinterHealth, printer.health, "printer health") if printer.health else None
     if health is None:
         status = "unknown"
     elif not device.online:

@@ -19,7 +19,8 @@ from cloud import db
 from cloud.config import ControllerConfig, DataDir, parse_hostport
 from cloud.errors import ControllerError, NotFound
 from cloud.registry import DbCredentials, PrinterInput, Registry
-from cloud.service import ControllerService, wait_for_signal
+from cloud.service import ControllerService
+from printfleet.signals import wait_for_signal
 from device_agent.agent import Agent
 from device_agent.config import load_config, write_config
 from printfleet.escpos.simulator import PtyPrinter
@@ -188,4 +189,4 @@ async def export_broker(data_dir: Path, out_dir: Path, listen: str) -> Path:
         files = export_mosquitto(out_dir, creds, listener_host=host, listener_port=port)
     finally:
         await engine.dispose()
-    return out_dir if files is None else Path(getattr(files, "conf", out_dir))
+    return files.conf

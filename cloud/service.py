@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from cloud.jobs import JobFeed, JobStore
 from cloud.presence import Presence
 from cloud.registry import DbCredentials, Registry
 from printfleet import __version__, wire
+from printfleet.signals import wait_for_signal
 
 log = logging.getLogger(__name__)
 
@@ -230,19 +230,6 @@ def _connect_host(bound: str) -> str:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-async def wait_for_signal() -> str:
-    """Resolve on SIGINT or SIGTERM (graceful shutdown)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[str] = loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: fut.done() or fut.set_result(signal.Signals(s).name))
-    try:
-        return await fut
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 @contextlib.asynccontextmanager

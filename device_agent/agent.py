@@ -49,6 +49,7 @@ class Agent:
         self._config_version = -1
         self._printers: tuple[wire.PrinterSpec, ...] = config.printers
         self._wake_reports = asyncio.Event()
+        self._hb_now = asyncio.Event()
         self._report_sent: dict[str, float] = {}
         self._controller_session: int | None = None
         self.online = asyncio.Event()
@@ -104,6 +105,7 @@ class Agent:
                 report=self._queue_report,
                 ctl_now=self.ctl_now,
                 status_poll_s=self.config.status_poll_s,
+                on_health=self._hb_now.set,
             )
             task = self._tg.create_task(worker.run(), name=f"printer-{name}")
             self._workers[name] = (worker, task)
@@ -179,6 +181,7 @@ class Agent:
             version=__version__,
             started_at=wire.now_ms(),
             printers=tuple(p.name for p in self._printers),
+            keepalive=self.config.keepalive,
         )
         await self._publish(wire.Channel.PRESENCE, birth)
         await self._publish(wire.Channel.UP, wire.SyncRequest(session=self._session))
@@ -319,9 +322,13 @@ class Agent:
                 printers={name: w.health for name, (w, _t) in self._workers.items()},
                 config_version=max(self._config_version, 0),
                 pending_reports=await self.journal.pending_report_count(),
+                keepalive=self.config.keepalive,
             )
             await self._publish(wire.Channel.UP, hb)
-            await asyncio.sleep(self.config.heartbeat_interval)
+            # the next heartbeat is due after the interval, or at once when a printer's status changes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hb_now.wait(), timeout=self.config.heartbeat_interval)
+            self._hb_now.clear()
 
     async def _queue_report(self, report: wire.JobReport) -> None:
         """Reports are already durable in the journal; try to send at once, the loop resends."""

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import ValidationError
 
 from printfleet import wire
 from printfleet.errors import PrintfleetError
@@ -145,11 +144,9 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
     printers: list[wire.PrinterSpec] = []
     for i, p in enumerate(printers_raw):
         try:
-            printers.append(wire.PrinterSpec.model_validate(p))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err.get("loc", ()))
-            raise AgentError(f"agent config: printers[{i}] {loc}: {err.get('msg')}") from exc
+            printers.append(wire.validate_model(wire.PrinterSpec, p, f"printers[{i}]"))
+        except wire.WireError as exc:
+            raise AgentError(f"agent config: {exc}") from exc
     return AgentConfig(
         device=name,
         brokers=brokers,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
@@ -349,7 +348,7 @@ class Journal:
             rows = self._conn().execute(
                 "SELECT body FROM reports WHERE acked=0 ORDER BY created_at, rowid LIMIT ?", (limit,)
             )
-            return [wire.JobReport.model_validate(json.loads(r["body"])) for r in rows]
+            return [wire.JobReport.model_validate_json(r["body"]) for r in rows]
 
         return await self._run(run)
 

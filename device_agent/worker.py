@@ -54,6 +54,7 @@ class PrinterWorker:
         report: Reporter,
         ctl_now: Callable[[], int],
         status_poll_s: float = 5.0,
+        on_health: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self._journal = journal
@@ -62,8 +63,20 @@ class PrinterWorker:
         self._ctl_now = ctl_now
         self._poll = status_poll_s
         self._wake = asyncio.Event()
-        self.health = wire.PrinterHealth(reachable=False, checked_at=0)
+        self._health = wire.PrinterHealth(reachable=False, checked_at=0)
+        self._on_health = on_health
         self.busy = False
+
+    @property
+    def health(self) -> wire.PrinterHealth:
+        return self._health
+
+    @health.setter
+    def health(self, value: wire.PrinterHealth) -> None:
+        changed = value.model_dump(exclude={"checked_at"}) != self._health.model_dump(exclude={"checked_at"})
+        self._health = value
+        if changed and self._on_health is not None:
+            self._on_health()
 
     def wake(self) -> None:
         self._wake.set()
@@ -107,6 +120,7 @@ class PrinterWorker:
                 self._wake.clear()
                 continue
             await self._print(port, job)
+            await self._refresh(port)
 
     async def _refresh(self, port: PrinterPort) -> wire.PrinterHealth:
         if not self.spec.status_queries:

@@ -401,7 +401,7 @@ def agent_run(config: Annotated[Path, typer.Option("--config", help="The agent.t
 
 
 async def _run_until_signal(coro: Any) -> None:
-    from cloud.service import wait_for_signal
+    from printfleet.signals import wait_for_signal
 
     task = asyncio.create_task(coro, name="main")
     sig = asyncio.create_task(wait_for_signal(), name="signals")

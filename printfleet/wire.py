@@ -303,6 +303,7 @@ class Birth(Body):
     version: str = Field(max_length=64)
     started_at: int
     printers: tuple[str, ...] = ()
+    keepalive: int = Field(default=10, ge=1, le=3600)
 
 
 class Will(Body):
@@ -317,6 +318,7 @@ class Heartbeat(Body):
     printers: dict[str, PrinterHealth] = Field(default_factory=dict)
     config_version: int = 0
     pending_reports: int = 0
+    keepalive: int = Field(default=10, ge=1, le=3600)
 
 
 class HeartbeatAck(Body):
@@ -551,6 +553,11 @@ def _validate(model: type[M], data: Any, what: str) -> M:
         raise WireError(f"invalid {what}: {loc}: {first.get('msg', 'invalid')}") from exc
 
 
+def validate_model(model: type[M], data: Any, what: str) -> M:
+    """Validate stored or received data into a wire model; :class:`WireError` with a clear reason."""
+    return _validate(model, data, what)
+
+
 def decode(data: bytes | bytearray) -> Envelope:
     """Parse and validate one envelope; :class:`WireError` with a clear reason otherwise."""
     if len(data) > MAX_MESSAGE_BYTES:
@@ -671,4 +678,5 @@ __all__ = [
     "public_key_b64",
     "public_key_from_b64",
     "topic_matches",
+    "validate_model",
 ]

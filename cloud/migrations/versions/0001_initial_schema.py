@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 13:59:29.346625
+Create Date: 2026-11-21 14:04:01.021664
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("latency_ms", sa.Double(), nullable=True),
         sa.Column("offline_reason", sa.String(length=200), nullable=True),
         sa.Column("config_version", sa.Integer(), nullable=False),
+        sa.Column("keepalive", sa.Integer(), nullable=False),
         sa.Column("tags", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),

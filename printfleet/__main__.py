@@ -1,0 +1,3 @@
+from printfleet.cli import main
+
+main()

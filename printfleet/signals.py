@@ -1,0 +1,19 @@
+"""Graceful shutdown: one place that turns SIGINT/SIGTERM into an awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+
+async def wait_for_signal() -> str:
+    """Resolve on SIGINT or SIGTERM (graceful shutdown)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[str] = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: fut.done() or fut.set_result(signal.Signals(s).name))
+    try:
+        return await fut
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,36 @@
+"""Shared fixtures: a running fleet on the embedded broker and on mosquitto."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from broker.testing import mosquitto_available
+from tests.fleet import Fleet, running_fleet
+
+BROKERS = ["embedded", "mosquitto"]
+
+
+def require_mosquitto() -> None:
+    if not mosquitto_available():
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto is required in CI (.ci/run installs it)")
+        pytest.skip("mosquitto is not installed")
+
+
+@pytest.fixture(params=BROKERS)
+async def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Fleet]:
+    """A controller with its HTTP API, on the embedded broker or on mosquitto with exported files."""
+    if request.param == "mosquitto":
+        require_mosquitto()
+    async with running_fleet(tmp_path, request.param) as f:
+        yield f
+
+
+@pytest.fixture
+async def embedded_fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    async with running_fleet(tmp_path, "embedded") as f:
+        yield f
