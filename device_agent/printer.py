@@ -432,12 +432,13 @@ class PrinterLink:
         ``gs_paren_h`` adds GS ( H fn 48 after the last barrier (Epson TM models) and waits for its
         ``37 22 <tag> 00`` answer. Returns a :class:`PrintOutcome`; raises only on cancellation.
         """
-        self._check_open()
-        assert self._job_lock is not None
+        if self._job_lock is None:
+            raise RuntimeError("use the PrinterLink as an async context manager")
         async with self._job_lock:
             started = time.monotonic()
             ctx = _JobContext(total=len(data), on_progress=on_progress)
             try:
+                self._check_open()
                 result, status, reason = await self._print(data, ctx, gs_paren_h=gs_paren_h)
             except PrinterLinkError as exc:
                 result, status, reason = PrintResult.FAILED, None, exc.reason

@@ -179,6 +179,20 @@ async def test_no_status_profile_prints_unconfirmed(slow_printer: PtyPrinter) ->
     assert slow_printer.model.bytes_received == len(job)  # no query was sent
 
 
+async def test_xonxoff_with_a_blocking_printer_loses_nothing() -> None:
+    """No status queries: the job is paced by XON/XOFF and the printer's backpressure only."""
+    job = raster_job(16 * 1024)
+    model = PrinterModel(buffer_size=4096, overflow="block", xonxoff=True)
+    async with PtyPrinter(model, drain_bytes_per_s=50_000) as printer:
+        spec = spec_for(printer.url, flow_control="xonxoff", status_queries=False)
+        async with PrinterLink(spec) as link:
+            outcome = await link.print_job(job)
+        assert outcome.result is PrintResult.PRINTED_UNCONFIRMED
+        await printer.wait_for_receipts(1, timeout=5)
+    assert bytes(model.payload_printed) == job
+    assert model.bytes_dropped == 0
+
+
 async def test_gs_paren_h_confirmation() -> None:
     async with PtyPrinter() as printer, PrinterLink(spec_for(printer.url)) as link:
         outcome = await link.print_job(b"tm\n" + CUT, gs_paren_h=True)
