@@ -364,7 +364,9 @@ class _GatedReader(ReaderAdapter):
 class _Connection:
     """A client connection: its streams, why it was closed, and an event set when it is gone."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_packet_bytes: int) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_packet_bytes: int
+    ) -> None:
         self.writer = writer
         self.reader = _GatedReader(self, reader, max_packet_bytes)
         self.writer_adapter = StreamWriterAdapter(writer)
@@ -389,11 +391,11 @@ class _Connection:
         else:
             self.writer.close()
 
-    async def wait_closed(self, timeout: float) -> None:
+    async def wait_closed(self, within: float) -> None:
         if not self.writer.is_closing():
             self.writer.close()
         try:
-            await asyncio.wait_for(self.writer.wait_closed(), timeout)
+            await asyncio.wait_for(self.writer.wait_closed(), within)
         except TimeoutError:
             self.writer.transport.abort()
         except OSError as exc:
@@ -536,24 +538,26 @@ class _FleetBroker(Broker):
     async def _refuse(self, conn: _Connection, code: ConnectRefusal, reason: str) -> None:
         logger.info("refusing %s: %s (CONNACK %d)", conn.label, reason, code)
         try:
-            await asyncio.wait_for(ConnackPacket.build(0, int(code)).to_stream(conn.writer_adapter), _CLOSE_TIMEOUT)
+            await asyncio.wait_for(
+                ConnackPacket.build(0, int(code)).to_stream(conn.writer_adapter), _CLOSE_TIMEOUT
+            )
         except (TimeoutError, OSError) as exc:
             logger.debug("could not send CONNACK to %s: %r", conn.label, exc)
         conn.close(f"refused: {reason}")
 
     @staticmethod
-    async def _wait_gone(conn: _Connection, timeout: float) -> None:
+    async def _wait_gone(conn: _Connection, within: float) -> None:
         try:
-            await asyncio.wait_for(conn.done.wait(), timeout)
+            await asyncio.wait_for(conn.done.wait(), within)
         except TimeoutError:
-            logger.warning("connection of %s did not end within %.1f s", conn.label, timeout)
+            logger.warning("connection of %s did not end within %.1f s", conn.label, within)
 
-    async def kick(self, client_id: str, reason: str, timeout: float) -> bool:
+    async def kick(self, client_id: str, reason: str, within: float) -> bool:
         conn = self._live.get(client_id)
         if conn is None:
             return False
         conn.close(reason, abort=True)
-        await self._wait_gone(conn, timeout)
+        await self._wait_gone(conn, within)
         return True
 
     async def close_servers(self) -> None:
@@ -561,13 +565,13 @@ class _FleetBroker(Broker):
             server.close()
             await server.wait_closed()
 
-    async def close_all_connections(self, timeout: float) -> None:
+    async def close_all_connections(self, within: float) -> None:
         for conn in list(self._connections):
             conn.close("broker stopping", abort=True)
         pending = [conn.done.wait() for conn in list(self._connections)]
         if pending:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*pending), timeout)
+                await asyncio.wait_for(asyncio.gather(*pending), within)
 
     # -- amqtt overrides --------------------------------------------------------------------------
 
@@ -590,7 +594,9 @@ class _FleetBroker(Broker):
         if source_session is not None:
             peer = AccessPolicy.session_peer(source_session)
             if peer is None or not AccessPolicy.may_retain(peer):
-                logger.info("not storing a retained message from %s on %s", source_session.client_id, topic_name)
+                logger.info(
+                    "not storing a retained message from %s on %s", source_session.client_id, topic_name
+                )
                 return
         await super().retain_message(source_session, topic_name, data, qos)
 
@@ -598,7 +604,9 @@ class _FleetBroker(Broker):
         self, subscription: tuple[str, int], session: Session
     ) -> None:
         topic_filter, _ = subscription
-        granted = [qos for s, qos in self._subscriptions.get(topic_filter, ()) if s.client_id == session.client_id]
+        granted = [
+            qos for s, qos in self._subscriptions.get(topic_filter, ()) if s.client_id == session.client_id
+        ]
         handler = self._get_handler(session)
         if not granted or handler is None:
             return  # amqtt offers every client's subscriptions on CONNECT: only the session's own count
@@ -610,7 +618,11 @@ class _FleetBroker(Broker):
                 logger.info("%s may not receive the retained message on %s", session.client_id, topic)
                 continue
             qos = min(granted[0], granted[0] if retained.qos is None else retained.qos)
-            sends.append(asyncio.wait_for(handler.mqtt_publish(topic, retained.data, qos, retain=True), _PUBLISH_TIMEOUT))
+            sends.append(
+                asyncio.wait_for(
+                    handler.mqtt_publish(topic, retained.data, qos, retain=True), _PUBLISH_TIMEOUT
+                )
+            )
         for result in await asyncio.gather(*sends, return_exceptions=True):
             if isinstance(result, BaseException):
                 logger.info("retained message to %s not delivered: %r", session.client_id, result)
@@ -622,7 +634,8 @@ class _FleetBroker(Broker):
             queued = session.retained_messages.get_nowait()
             try:
                 await asyncio.wait_for(
-                    handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False), _PUBLISH_TIMEOUT
+                    handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False),
+                    _PUBLISH_TIMEOUT,
                 )
             except (TimeoutError, AMQTTError, OSError) as exc:
                 logger.info("queued message to %s not delivered: %r", session.client_id, exc)

@@ -52,7 +52,7 @@ MOSQUITTO_BINARY = Path("/usr/sbin/mosquitto")
 
 def mosquitto_available(binary: Path = MOSQUITTO_BINARY) -> bool:
     """True when a mosquitto binary can be run (for ``pytest.mark.skipif``)."""
-    return binary.is_file() and os.access(binary, os.X_OK) or shutil.which("mosquitto") is not None
+    return (binary.is_file() and os.access(binary, os.X_OK)) or shutil.which("mosquitto") is not None
 
 
 def _binary(binary: Path) -> Path:
@@ -120,6 +120,9 @@ class MosquittoProcess:
     def log_path(self) -> Path:
         return self._workdir / "mosquitto.log"
 
+    def _open_log(self) -> IO[bytes]:
+        return open(self.log_path, "ab")
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -150,9 +153,14 @@ class MosquittoProcess:
             self._port = free_port()
         files = self._export()
         binary = _binary(self._binary)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
+        self._log = self._open_log()
         self._proc = await asyncio.create_subprocess_exec(
-            str(binary), "-c", str(files.conf), stdin=asyncio.subprocess.DEVNULL, stdout=self._log, stderr=self._log
+            str(binary),
+            "-c",
+            str(files.conf),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
         )
         self.state = MosquittoState.RUNNING
         try:
@@ -246,7 +254,9 @@ class Account:
     def client_id(self) -> str:
         return self.peer.client_id
 
-    def client(self, port: int, *, host: str = "127.0.0.1", timeout: float = 5.0, **kwargs: Any) -> aiomqtt.Client:
+    def client(
+        self, port: int, *, host: str = "127.0.0.1", timeout: float = 5.0, **kwargs: Any
+    ) -> aiomqtt.Client:
         """An aiomqtt client logging in as this account (client id = username)."""
         return aiomqtt.Client(
             host,
@@ -293,12 +303,12 @@ class MessageLog:
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await self._task
 
-    async def wait_disconnected(self, timeout: float = 5.0) -> None:
+    async def wait_disconnected(self, within: float = 5.0) -> None:
         """Return once the client's connection is gone (its message stream ended)."""
         if self._task is None:
             raise RuntimeError("MessageLog is not running")
         with contextlib.suppress(aiomqtt.MqttError):
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            await asyncio.wait_for(asyncio.shield(self._task), within)
 
     async def run(self) -> None:
         async for message in self._client.messages:
@@ -306,19 +316,21 @@ class MessageLog:
                 self.messages.append(message)
                 self._changed.notify_all()
 
-    async def wait_for(self, topic: str, payload: bytes, timeout: float = 5.0) -> aiomqtt.Message:
+    async def wait_for(self, topic: str, payload: bytes, within: float = 5.0) -> aiomqtt.Message:
         """The first message with this topic and payload; TimeoutError if none arrives in time."""
 
         def found() -> aiomqtt.Message | None:
-            return next(
-                (m for m in self.messages if m.topic.value == topic and m.payload == payload), None
-            )
+            return next((m for m in self.messages if m.topic.value == topic and m.payload == payload), None)
 
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(within), self._changed:
             await self._changed.wait_for(lambda: found() is not None)
         message = found()
         assert message is not None
         return message
 
     def payloads(self) -> list[tuple[str, bytes]]:
-        return [(m.topic.value, bytes(m.payload)) for m in self.messages if isinstance(m.payload, bytes | bytearray)]
+        return [
+            (m.topic.value, bytes(m.payload))
+            for m in self.messages
+            if isinstance(m.payload, bytes | bytearray)
+        ]

@@ -100,6 +100,5 @@ def test_verifies_hash_written_by_mosquitto_passwd(tmp_path: Path) -> None:
 @pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 async def test_real_mosquitto_accepts_our_hash(tmp_path: Path) -> None:
     account = make_account(wire.Peer(role=wire.Role.DEVICE, name="a"), iterations=101)
-    async with MosquittoProcess(tmp_path, [account.credential]) as mosq:
-        async with account.client(mosq.port) as client:
-            await client.publish(account.peer.topic(wire.Channel.UP), b"ok", qos=1)
+    async with MosquittoProcess(tmp_path, [account.credential]) as mosq, account.client(mosq.port) as client:
+        await client.publish(account.peer.topic(wire.Channel.UP), b"ok", qos=1)
