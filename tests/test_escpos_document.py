@@ -75,6 +75,14 @@ def test_the_docs_example_loads_and_renders_on_every_profile(name: str) -> None:
     assert "€".encode("cp858") in out  # the prices' euro sign, as 0xD5
 
 
+def test_the_docs_python_snippets_run(capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(DOCS), "exec"), {})
+    assert "item 0 (barcode): EAN8 data must be 7 or 8 digits, got '1234'" in capsys.readouterr().out
+
+
 def test_the_docs_example_shows_every_item_type() -> None:
     document = load_document(docs_example())
     assert {item.TYPE for item in document.items} == set(ITEM_TYPE_NAMES)
