@@ -279,7 +279,7 @@ class _ConnectionClosedError(Exception):
     """Raised inside the reader once the broker decided to drop the connection."""
 
 
-class _GatedReader(ReaderAdapter):
+class _GatedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no type information
     """Reads the client's stream for amqtt, tracks MQTT framing and refuses oversized packets.
 
     After :meth:`rewind`, the bytes of the first packet (the CONNECT the gate already read) are read
@@ -408,7 +408,7 @@ class _Connection:
             # (StreamWriter.wait_closed shares one), which cancels that future. The transport is closed.
 
 
-class _FleetHandler(BrokerProtocolHandler):
+class _FleetHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships no type information
     """amqtt's protocol handler, with keep-alive enforced: silence past the deadline closes."""
 
     def handle_read_timeout(self) -> None:
@@ -423,7 +423,7 @@ class _FleetHandler(BrokerProtocolHandler):
 # The amqtt subclass.
 
 
-class _FleetBroker(Broker):
+class _FleetBroker(Broker):  # type: ignore[misc]  # amqtt ships no type information
     def __init__(
         self,
         config: BrokerConfig,

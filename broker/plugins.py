@@ -219,7 +219,7 @@ def _policy_of(config: Any) -> AccessPolicy:
     return policy
 
 
-class FleetAuthPlugin(BaseAuthPlugin):
+class FleetAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type information
     """amqtt auth plugin: accepts exactly the connections the broker's CONNECT gate admitted."""
 
     @dataclass
@@ -234,7 +234,7 @@ class FleetAuthPlugin(BaseAuthPlugin):
         return self._policy.confirm(session)
 
 
-class FleetTopicPlugin(BaseTopicPlugin):
+class FleetTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no type information
     """amqtt topic plugin: the wire contract's ACLs for subscribe, publish and receive."""
 
     @dataclass
