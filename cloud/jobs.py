@@ -101,8 +101,8 @@ class Submission:
 
 
 def render_submission(sub: Submission, profile_name: str) -> bytes:
-    profile = get_profile(profile_name)
     try:
+        profile = get_profile(profile_name)
         match sub.kind:
             case "text":
                 if not isinstance(sub.content, str) or not sub.content:

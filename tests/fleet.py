@@ -216,14 +216,8 @@ async def running_fleet(root: Path, broker_kind: str, **config: Any) -> AsyncIte
             (root / "mosquitto").mkdir()
             mosq = await stack.enter_async_context(MosquittoProcess(root / "mosquitto", creds))
             external = f"mqtt://127.0.0.1:{mosq.port}"
-        cfg = ControllerConfig(
-            data_dir=dd,
-            db_url=dd.db_url,
-            mqtt_bind=("127.0.0.1", 0),
-            http_bind=("127.0.0.1", 0),
-            external_broker=external,
-            **config,
-        )
+        settings: dict[str, Any] = {"mqtt_bind": ("127.0.0.1", 0), "http_bind": ("127.0.0.1", 0), **config}
+        cfg = ControllerConfig(data_dir=dd, db_url=dd.db_url, external_broker=external, **settings)
         svc = await stack.enter_async_context(ControllerService(cfg))
         fleet = Fleet(svc=svc, root=root, broker_kind=broker_kind, mosquitto=mosq)
         try:
