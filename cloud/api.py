@@ -1,6 +1,5 @@
 """The HTTP API for operators and client apps (FastAPI). Every route but /healthz needs a token."""
 
-
 import asyncio
 import base64
 import binascii
@@ -94,7 +93,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def need(scope: str) -> Callable[[ApiToken], Awaitable[ApiToken]]:
         async def check(tok: Annotated[ApiToken, Depends(token)]) -> ApiToken:
             if SCOPE_RANK.get(tok.scope, -1) < SCOPE_RANK[scope]:
-                raise ControllerError(f"token {tok.name!r} ({tok.scope}) may not do this: needs {scope}", status=403)
+                raise ControllerError(
+                    f"token {tok.name!r} ({tok.scope}) may not do this: needs {scope}", status=403
+                )
             return tok
 
         return check
@@ -131,7 +132,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 flow_control=body.flow_control,
             ),
         )
-        return {"device": device_view(device, wire.now_ms()), "agent_config": ctx.agent_config(device.name, secret)}
+        return {
+            "device": device_view(device, wire.now_ms()),
+            "agent_config": ctx.agent_config(device.name, secret),
+        }
 
     @app.delete("/v1/devices/{name}")
     async def remove_device(name: str, _t: Admin) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,7 @@ class Controller:
         broker_port: int,
         secret: str,
         session_number: int,
-        on_kick: Callable[[str], Awaitable[None]] | None = None,
+        on_kick: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -126,7 +127,9 @@ class Controller:
     # -- sending ------------------------------------------------------------------------------
 
     def _envelope(self, body: wire.Body, dst: wire.Peer | str, exp: int | None = None) -> wire.Envelope:
-        return wire.Envelope.build(body, src=self.peer, dst=dst, seq=self._seq.next(), exp=exp).signed(self.key)
+        return wire.Envelope.build(body, src=self.peer, dst=dst, seq=self._seq.next(), exp=exp).signed(
+            self.key
+        )
 
     async def send(self, peer: wire.Peer, body: wire.Body, *, exp: int | None = None) -> bool:
         """Publish a signed instruction to a peer; False if the broker is not reachable now."""
@@ -189,14 +192,16 @@ class Controller:
             case wire.MsgType.WILL:
                 await self.presence.on_will(name, env.parsed(wire.Will))
             case wire.MsgType.HEARTBEAT:
-                hb = env.parsed(wire.Heartbeat)
+                hb: wire.Heartbeat = env.parsed(wire.Heartbeat)
                 change = await self.presence.on_heartbeat(name, hb)
                 if change is None:
                     return
                 device = await self.registry.get_device(name)
                 await self.send(
                     peer,
-                    wire.HeartbeatAck(hb_seq=hb.hb_seq, ctl_ts=wire.now_ms(), config_version=device.config_version),
+                    wire.HeartbeatAck(
+                        hb_seq=hb.hb_seq, ctl_ts=wire.now_ms(), config_version=device.config_version
+                    ),
                 )
                 if change.came_online:
                     await self._came_online(change)
@@ -211,7 +216,7 @@ class Controller:
                 await self.jobs.resend_now(name)
                 self.wake_outbox()
             case wire.MsgType.REFUSED:
-                refused = env.parsed(wire.Refused)
+                refused: wire.Refused = env.parsed(wire.Refused)
                 log.warning("device %s refused message %s: %s", name, refused.message_id, refused.reason)
             case _:
                 log.warning("unexpected %s from %s", env.type, peer)
@@ -227,7 +232,9 @@ class Controller:
         except Exception:
             job = None
         if job is not None and job.device_name != peer.name:
-            log.warning("device %s reported on job %s of device %s: refused", peer.name, job.id, job.device_name)
+            log.warning(
+                "device %s reported on job %s of device %s: refused", peer.name, job.id, job.device_name
+            )
             return
         if job is not None:
             await self.jobs.transition(
@@ -244,10 +251,8 @@ class Controller:
 
     async def _outbox_loop(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_outbox.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
             self._wake_outbox.clear()
             if self._client is None:
                 continue
@@ -267,7 +272,9 @@ class Controller:
             sent = await self.send(peer, wire.JobCancel(job_id=job.id, printer=job.printer_name))
         else:
             if job.payload is None:
-                await self.jobs.transition(job.id, S.FAILED, detail="payload purged before delivery", source="controller")
+                await self.jobs.transition(
+                    job.id, S.FAILED, detail="payload purged before delivery", source="controller"
+                )
                 return
             body = wire.JobPrint(
                 job_id=job.id,
@@ -304,7 +311,9 @@ class Controller:
             await asyncio.sleep(1.0)
             now = wire.now_ms()
             for job in await self.jobs.expired_open_jobs(now):
-                await self.jobs.transition(job.id, S.EXPIRED, detail="expired before delivery", source="controller")
+                await self.jobs.transition(
+                    job.id, S.EXPIRED, detail="expired before delivery", source="controller"
+                )
             if loop.time() - last_purge > 60:
                 last_purge = loop.time()
                 purged = await self.jobs.purge_payloads(now - int(self.config.payload_retention_s * 1000))
@@ -317,13 +326,23 @@ class Controller:
         job = await self.jobs.get(job_id)
         state = S(job.state)
         if state.terminal:
-            return {"id": job.id, "state": job.state, "cancelled": False, "detail": f"job already {job.state}"}
+            return {
+                "id": job.id,
+                "state": job.state,
+                "cancelled": False,
+                "detail": f"job already {job.state}",
+            }
         if state == S.QUEUED:
             await self.jobs.transition(job.id, S.CANCELLED, detail="cancelled before dispatch", source=source)
             return {"id": job.id, "state": S.CANCELLED.value, "cancelled": True}
         await self.jobs.request_cancel(job.id, source)
         self.wake_outbox()
-        return {"id": job.id, "state": job.state, "cancelled": False, "detail": "cancel requested from the agent"}
+        return {
+            "id": job.id,
+            "state": job.state,
+            "cancelled": False,
+            "detail": "cancel requested from the agent",
+        }
 
     async def device_removed(self, device: str, printers: list[str]) -> None:
         for job in await self.jobs.open_jobs_for_printers(printers):

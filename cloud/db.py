@@ -23,9 +23,8 @@ def sqlite_url(path: Path, *, driver: str = "aiosqlite") -> str:
 
 def sync_url(url: str) -> str:
     """The synchronous driver URL for the same database (used by migrations and local tools)."""
-    return (
-        url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://")
-        .replace("postgresql+asyncpg://", "postgresql+psycopg://")
+    return url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://").replace(
+        "postgresql+asyncpg://", "postgresql+psycopg://"
     )
 
 

@@ -156,7 +156,7 @@ class JobStore:
     # -- submission ---------------------------------------------------------------------------
 
     async def submit(self, sub: Submission) -> tuple[Job, bool]:
-        """Store a new job (state queued). Returns (job, created); an idempotent repeat returns the original."""
+        """Store a new job (state queued); returns (job, created). A repeated key returns the original."""
         sub = sub.validated()
         req_hash = sub.request_hash()
         if sub.idempotency_key is not None:
@@ -197,7 +197,9 @@ class JobStore:
                     request_hash=req_hash,
                     next_attempt_at=now,
                 )
-                job.events.append(JobEvent(at=now, state=S.QUEUED.value, detail=None, source=f"api:{sub.client}"))
+                job.events.append(
+                    JobEvent(at=now, state=S.QUEUED.value, detail=None, source=f"api:{sub.client}")
+                )
                 s.add(job)
                 try:
                     await s.commit()
@@ -230,7 +232,9 @@ class JobStore:
         """A new job with the same payload, linked to the original (for jobs ended unknown or failed)."""
         original = await self.get(job_id)
         if not S(original.state).terminal:
-            raise ControllerError(f"job {job_id} is still {original.state}; only finished jobs can be reprinted")
+            raise ControllerError(
+                f"job {job_id} is still {original.state}; only finished jobs can be reprinted"
+            )
         if original.payload is None:
             raise ControllerError(f"job {job_id}'s payload was purged; submit it again")
         async with self._sessions() as s:
@@ -256,7 +260,12 @@ class JobStore:
                     reprint_of=original.id,
                 )
                 job.events.append(
-                    JobEvent(at=now, state=S.QUEUED.value, detail=f"reprint of {original.id}", source=f"api:{client}")
+                    JobEvent(
+                        at=now,
+                        state=S.QUEUED.value,
+                        detail=f"reprint of {original.id}",
+                        source=f"api:{client}",
+                    )
                 )
                 s.add(job)
                 await s.commit()
@@ -303,7 +312,9 @@ class JobStore:
         self._announce(job, new, detail)
         return True
 
-    async def mark_dispatched(self, job_id: str, *, attempt: int, next_attempt_at: int, lease_until: int, executor: str) -> None:
+    async def mark_dispatched(
+        self, job_id: str, *, attempt: int, next_attempt_at: int, lease_until: int, executor: str
+    ) -> None:
         async with self._sessions.begin() as s:
             job = await s.get(Job, job_id)
             if job is None or S(job.state).terminal:
@@ -316,7 +327,15 @@ class JobStore:
             if first:
                 job.state = S.DISPATCHED.value
                 job.updated_at = wire.now_ms()
-                s.add(JobEvent(job_id=job_id, at=job.updated_at, state=S.DISPATCHED.value, detail=None, source="controller"))
+                s.add(
+                    JobEvent(
+                        job_id=job_id,
+                        at=job.updated_at,
+                        state=S.DISPATCHED.value,
+                        detail=None,
+                        source="controller",
+                    )
+                )
         if first:
             self._announce(job, S.DISPATCHED, None)
 
@@ -333,7 +352,13 @@ class JobStore:
 
     def _announce(self, job: Job, state: wire.JobState, detail: str | None) -> None:
         self.feed.publish(
-            {"job": job.id, "printer": job.printer_name, "state": state.value, "detail": detail, "at": wire.now_ms()}
+            {
+                "job": job.id,
+                "printer": job.printer_name,
+                "state": state.value,
+                "detail": detail,
+                "at": wire.now_ms(),
+            }
         )
 
     # -- queries ------------------------------------------------------------------------------
@@ -345,7 +370,9 @@ class JobStore:
                 raise NotFound(f"no job {job_id!r}")
             return job
 
-    async def list(self, *, printer: str | None = None, state: str | None = None, limit: int = 100) -> Sequence[Job]:
+    async def list(
+        self, *, printer: str | None = None, state: str | None = None, limit: int = 100
+    ) -> Sequence[Job]:
         async with self._sessions() as s:
             q = select(Job).order_by(Job.seq.desc()).limit(max(1, min(limit, 1000)))
             if printer:
@@ -354,7 +381,9 @@ class JobStore:
                 q = q.where(Job.state == state)
             return (await s.scalars(q)).all()
 
-    async def due_for_dispatch(self, device_names: Sequence[str], now: int, limit: int = 200) -> Sequence[Job]:
+    async def due_for_dispatch(
+        self, device_names: Sequence[str], now: int, limit: int = 200
+    ) -> Sequence[Job]:
         """Unacknowledged jobs for online devices whose (re)send time has come, in print order."""
         if not device_names:
             return []

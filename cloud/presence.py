@@ -43,7 +43,12 @@ class Presence:
             if device is None:
                 return None
             if birth.session < device.session:
-                log.info("device %s: birth of old session %d ignored (current %d)", name, birth.session, device.session)
+                log.info(
+                    "device %s: birth of old session %d ignored (current %d)",
+                    name,
+                    birth.session,
+                    device.session,
+                )
                 return None
             came_online = not device.online or birth.session != device.session
             device.session = birth.session
@@ -64,7 +69,12 @@ class Presence:
             if device is None:
                 return None
             if will.session < device.session:
-                log.info("device %s: late will of session %d ignored (current %d)", name, will.session, device.session)
+                log.info(
+                    "device %s: late will of session %d ignored (current %d)",
+                    name,
+                    will.session,
+                    device.session,
+                )
                 return None
             if not device.online:
                 return None
@@ -150,5 +160,7 @@ class Presence:
 
     async def online_devices(self) -> Sequence[str]:
         async with self._sessions() as s:
-            rows = await s.scalars(select(Device.name).where(Device.online.is_(True), Device.enabled.is_(True)))
+            rows = await s.scalars(
+                select(Device.name).where(Device.online.is_(True), Device.enabled.is_(True))
+            )
             return rows.all()

@@ -69,9 +69,13 @@ class PrinterInput:
         if not 300 <= self.baud <= 4_000_000:
             raise ControllerError(f"invalid baud rate {self.baud}")
         if self.profile not in PROFILE_NAMES:
-            raise ControllerError(f"unknown printer profile {self.profile!r}; known: {', '.join(PROFILE_NAMES)}")
+            raise ControllerError(
+                f"unknown printer profile {self.profile!r}; known: {', '.join(PROFILE_NAMES)}"
+            )
         if self.flow_control not in FLOW_CONTROLS:
-            raise ControllerError(f"invalid flow control {self.flow_control!r}; use one of {', '.join(FLOW_CONTROLS)}")
+            raise ControllerError(
+                f"invalid flow control {self.flow_control!r}; use one of {', '.join(FLOW_CONTROLS)}"
+            )
         return self
 
 
@@ -141,7 +145,9 @@ class Registry:
 
     async def list_devices(self) -> Sequence[Device]:
         async with self._sessions() as s:
-            rows = await s.scalars(select(Device).options(selectinload(Device.printers)).order_by(Device.name))
+            rows = await s.scalars(
+                select(Device).options(selectinload(Device.printers)).order_by(Device.name)
+            )
             return rows.all()
 
     async def _device(self, s: AsyncSession, name: str) -> Device:
@@ -171,7 +177,8 @@ class Registry:
             device = printer.device
             if len(device.printers) <= 1:
                 raise ControllerError(
-                    f"printer {name!r} is the only printer of device {device.name!r}; remove the device instead"
+                    f"printer {name!r} is the only printer of device {device.name!r};"
+                    " remove the device instead"
                 )
             device.config_version += 1
             await s.delete(printer)
@@ -193,7 +200,9 @@ class Registry:
 
     async def list_printers(self) -> Sequence[Printer]:
         async with self._sessions() as s:
-            rows = await s.scalars(select(Printer).options(selectinload(Printer.device)).order_by(Printer.name))
+            rows = await s.scalars(
+                select(Printer).options(selectinload(Printer.device)).order_by(Printer.name)
+            )
             return rows.all()
 
     async def _printer(self, s: AsyncSession, name: str) -> Printer:
@@ -247,7 +256,10 @@ class Registry:
             if row is None:
                 s.add(
                     ApiToken(
-                        name="local-admin", token_hash=hash_token(token), scope="admin", created_at=wire.now_ms()
+                        name="local-admin",
+                        token_hash=hash_token(token),
+                        scope="admin",
+                        created_at=wire.now_ms(),
                     )
                 )
             elif row.token_hash != hash_token(token):
@@ -361,7 +373,9 @@ def device_view(device: Device, now: int) -> dict[str, Any]:
 
 def printer_view(printer: Printer, device: Device | None = None) -> dict[str, Any]:
     device = device or printer.device
-    health = wire.validate_model(wire.PrinterHealth, printer.health, "printer health") if printer.health else None
+    health = (
+        wire.validate_model(wire.PrinterHealth, printer.health, "printer health") if printer.health else None
+    )
     if health is None:
         status = "unknown"
     elif not device.online:

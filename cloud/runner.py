@@ -1,4 +1,4 @@
-"""What the long-running CLI commands run: `up` (optionally with a demo agent), `demo`, `broker run|export`."""
+"""What the long-running CLI commands run: `up` (with an optional demo agent), `demo`, `broker run|export`."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from cloud.config import ControllerConfig, DataDir, parse_hostport
 from cloud.errors import ControllerError, NotFound
 from cloud.registry import DbCredentials, PrinterInput, Registry
 from cloud.service import ControllerService
-from printfleet.signals import wait_for_signal
 from device_agent.agent import Agent
 from device_agent.config import load_config, write_config
 from printfleet.escpos.simulator import PtyPrinter
+from printfleet.signals import wait_for_signal
 
 DEMO_DEVICE = "demo"
 
@@ -32,7 +32,14 @@ def sample_receipt(order: str) -> dict[str, Any]:
     return {
         "version": 1,
         "items": [
-            {"type": "text", "text": "PRINTFLEET CAFE", "bold": True, "width": 2, "height": 2, "align": "center"},
+            {
+                "type": "text",
+                "text": "PRINTFLEET CAFE",
+                "bold": True,
+                "width": 2,
+                "height": 2,
+                "align": "center",
+            },
             {"type": "text", "text": "12 Harbour Street", "align": "center"},
             {"type": "line", "char": "-"},
             {"type": "columns", "left": "Flat white", "right": "3.40"},
@@ -56,7 +63,9 @@ async def demo_agent(svc: ControllerService, state_root: Path) -> AsyncIterator[
             secret = await svc.registry.rotate_secret(DEMO_DEVICE)
             await svc.registry.set_printer_port(DEMO_DEVICE, printer.url)
         except NotFound:
-            _, secret = await svc.registry.add_device(DEMO_DEVICE, PrinterInput(name=DEMO_DEVICE, serial_url=printer.url))
+            _, secret = await svc.registry.add_device(
+                DEMO_DEVICE, PrinterInput(name=DEMO_DEVICE, serial_url=printer.url)
+            )
         data = svc.agent_config(DEMO_DEVICE, secret)
         data["agent"] = {"state_dir": str(state_root / "demo-agent-state")}
         path = state_root / "demo.agent.toml"
@@ -133,19 +142,26 @@ async def run_demo(*, console: Console, timeout: float) -> bool:
                     await asyncio.wait_for(agent.online.wait(), timeout=timeout)
                     console.print(f"agent online (device '{DEMO_DEVICE}', session {agent.session})")
                     order = secrets.token_hex(3).upper()
-                    resp = await http.post("/v1/jobs", json={"printer": DEMO_DEVICE, "document": sample_receipt(order)})
+                    resp = await http.post(
+                        "/v1/jobs", json={"printer": DEMO_DEVICE, "document": sample_receipt(order)}
+                    )
                     if resp.status_code != 201:
                         raise ControllerError(f"submitting the job failed: {resp.text}")
                     job_id = resp.json()["id"]
                     console.print(f"job {job_id} submitted through the HTTP API")
-                    resp = await http.get(f"/v1/jobs/{job_id}/wait", params={"timeout": timeout}, timeout=timeout + 10)
+                    resp = await http.get(
+                        f"/v1/jobs/{job_id}/wait", params={"timeout": timeout}, timeout=timeout + 10
+                    )
                     job = resp.json()
                 finally:
                     agent_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await agent_task
             for event in job["events"]:
-                console.print(f"  {event['state']:<10} {event['source']}" + (f"  {event['detail']}" if event["detail"] else ""))
+                console.print(
+                    f"  {event['state']:<10} {event['source']}"
+                    + (f"  {event['detail']}" if event["detail"] else "")
+                )
             receipts = [r for r in printer.model.receipts if f"Order {order}" in r.text]
             if receipts:
                 console.print(Panel(receipts[0].text, title="what the printer printed", expand=False))

@@ -1,4 +1,4 @@
-"""`printfleet up`: the embedded broker (or an external one), the controller and the HTTP API in one process."""
+"""`printfleet up`: the embedded (or an external) broker, the controller and the HTTP API in one process."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from cloud.jobs import JobFeed, JobStore
 from cloud.presence import Presence
 from cloud.registry import DbCredentials, Registry
 from printfleet import __version__, wire
-from printfleet.signals import wait_for_signal
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,9 @@ class ControllerService:
             while not server.started:
                 if http_task.done():
                     http_task.result()
-                    raise ControllerError(f"the HTTP API could not listen on {cfg.http_bind[0]}:{cfg.http_bind[1]}")
+                    raise ControllerError(
+                        f"the HTTP API could not listen on {cfg.http_bind[0]}:{cfg.http_bind[1]}"
+                    )
                 if loop.time() > deadline:
                     raise ControllerError("the HTTP API did not start within 10 s")
                 await asyncio.sleep(0.02)

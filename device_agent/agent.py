@@ -141,7 +141,9 @@ class Agent:
             broker = self.config.brokers[index % len(self.config.brokers)]
             self.state = AgentState.CONNECTING
             self._session = await self.journal.next_counter("session")
-            will = wire.Envelope.build(wire.Will(session=self._session), src=self.peer, dst=self.config.controller, seq=0)
+            will = wire.Envelope.build(
+                wire.Will(session=self._session), src=self.peer, dst=self.config.controller, seq=0
+            )
             try:
                 async with aiomqtt.Client(
                     broker.host,
@@ -231,7 +233,7 @@ class Agent:
 
     async def _on_controller_presence(self, env: wire.Envelope) -> None:
         if env.type is wire.MsgType.CONTROLLER_ONLINE:
-            session = env.parsed(wire.ControllerOnline).session
+            session: int = env.parsed(wire.ControllerOnline).session
             if self._controller_session is not None and session != self._controller_session:
                 log.info("controller restarted (session %d); announcing again", session)
                 await self._announce()
@@ -244,7 +246,7 @@ class Agent:
             case wire.MsgType.JOB_CANCEL:
                 await self._on_cancel(env.parsed(wire.JobCancel))
             case wire.MsgType.REPORT_ACK:
-                ack = env.parsed(wire.ReportAck)
+                ack: wire.ReportAck = env.parsed(wire.ReportAck)
                 await self.journal.ack_reports(ack.report_ids)
                 for rid in ack.report_ids:
                     self._report_sent.pop(rid, None)
@@ -283,11 +285,17 @@ class Agent:
         now = wire.now_ms()
         job = await self.journal.get(cancel.job_id)
         if job is None:
-            await self.journal.tombstone(cancel.job_id, cancel.printer, S.CANCELLED, "cancelled before arrival", now)
+            await self.journal.tombstone(
+                cancel.job_id, cancel.printer, S.CANCELLED, "cancelled before arrival", now
+            )
             report = await self.journal.report_current(cancel.job_id, now=now, ctl_now=self.ctl_now())
         elif not job.state.terminal and not job.started:
             report = await self.journal.transition(
-                cancel.job_id, S.CANCELLED, now=now, ctl_now=self.ctl_now(), detail="cancelled by the operator"
+                cancel.job_id,
+                S.CANCELLED,
+                now=now,
+                ctl_now=self.ctl_now(),
+                detail="cancelled by the operator",
             )
         else:
             report = await self.journal.report_current(cancel.job_id, now=now, ctl_now=self.ctl_now())
@@ -360,4 +368,3 @@ class Agent:
 
     def printer_health(self) -> dict[str, wire.PrinterHealth]:
         return {name: w.health for name, (w, _t) in self._workers.items()}
-

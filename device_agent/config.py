@@ -118,7 +118,9 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
         raise AgentError("agent config: [controller] name must be a string")
     keys = ctl.get("public_keys")
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
-        raise AgentError("agent config: [controller] public_keys must be a non-empty list of base64 Ed25519 keys")
+        raise AgentError(
+            "agent config: [controller] public_keys must be a non-empty list of base64 Ed25519 keys"
+        )
     try:
         public_keys = wire.parse_public_keys(keys)
     except wire.WireError as exc:
@@ -192,7 +194,10 @@ def _toml_value(value: Any) -> str:
 
 def dump_config(data: Mapping[str, Any]) -> str:
     """A small TOML writer for the agent config shape (tables of scalars and arrays of tables)."""
-    lines = ["# printfleet device agent configuration. Keep it secret: it holds the device's credentials.", ""]
+    lines = [
+        "# printfleet device agent configuration. Keep it secret: it holds the device's credentials.",
+        "",
+    ]
     for section, body in data.items():
         if isinstance(body, list):
             for item in body:

@@ -318,6 +318,7 @@ class Journal:
 
     async def recover_after_restart(self, *, now: int, ctl_now: int) -> list[wire.JobReport]:
         """Jobs whose bytes may have reached the printer before a crash end ``unknown``; never reprinted."""
+
         def run() -> list[str]:
             rows = self._conn().execute(
                 "SELECT job_id FROM jobs WHERE started_at IS NOT NULL AND finished_at IS NULL"

@@ -83,7 +83,12 @@ class PrinterWorker:
 
     async def _transition(self, job: JournalJob, state: wire.JobState, **kw: object) -> None:
         report = await self._journal.transition(
-            job.job_id, state, now=wire.now_ms(), ctl_now=self._ctl_now(), printer=job.printer, **kw  # type: ignore[arg-type]
+            job.job_id,
+            state,
+            now=wire.now_ms(),
+            ctl_now=self._ctl_now(),
+            printer=job.printer,
+            **kw,  # type: ignore[arg-type]
         )
         await self._report(report)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,9 @@ from rich.table import Table
 from printfleet.client import ApiClient, ClientError, resolve_target
 from printfleet.errors import PrintfleetError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="printfleet: a cloud-print fleet for ESC/POS printers.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="printfleet: a cloud-print fleet for ESC/POS printers."
+)
 devices_app = typer.Typer(no_args_is_help=True, help="Printer hosts (each runs a device agent).")
 printers_app = typer.Typer(no_args_is_help=True, help="Printers, addressed fleet-wide by name.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Print jobs and their history.")
@@ -46,7 +49,9 @@ G = Globals()
 
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Controller data directory (default: PRINTFLEET_HOME or a per-user dir)."),
+    typer.Option(
+        "--data-dir", help="Controller data directory (default: PRINTFLEET_HOME or a per-user dir)."
+    ),
 ]
 
 
@@ -104,14 +109,20 @@ def _ts(ms: int | None) -> str:
 @app.command()
 def up(
     data_dir: DataDirOpt = None,
-    mqtt_bind: Annotated[str, typer.Option(help="Embedded broker listen address HOST:PORT (port 0: any free).")] = "127.0.0.1:1883",
+    mqtt_bind: Annotated[
+        str, typer.Option(help="Embedded broker listen address HOST:PORT (port 0: any free).")
+    ] = "127.0.0.1:1883",
     http_bind: Annotated[str, typer.Option(help="HTTP API listen address HOST:PORT.")] = "127.0.0.1:8080",
     advertise: Annotated[
         list[str] | None,
         typer.Option(help="Address written into agent configs (mqtt://... or http://...), repeatable."),
     ] = None,
-    broker: Annotated[str | None, typer.Option(help="Use an external broker mqtt://HOST:PORT instead of the embedded one.")] = None,
-    demo: Annotated[bool, typer.Option(help="Also run a demo agent attached to a simulated printer.")] = False,
+    broker: Annotated[
+        str | None, typer.Option(help="Use an external broker mqtt://HOST:PORT instead of the embedded one.")
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Also run a demo agent attached to a simulated printer.")
+    ] = False,
 ) -> None:
     """Run the controller, the HTTP API and (unless --broker) the embedded broker."""
     from cloud.config import ControllerConfig, DataDir, parse_hostport
@@ -168,7 +179,9 @@ def _write_agent_config(path: Path, agent_config: dict[str, Any], device: str) -
 @devices_app.command("add")
 def devices_add(
     name: str,
-    serial: Annotated[str, typer.Option("--serial", help="Printer port: /dev/ttyUSB0, a pty, socket://HOST:PORT, loop://")],
+    serial: Annotated[
+        str, typer.Option("--serial", help="Printer port: /dev/ttyUSB0, a pty, socket://HOST:PORT, loop://")
+    ],
     baud: Annotated[int, typer.Option(help="Serial speed.")] = 19200,
     profile: Annotated[str, typer.Option(help="Printer profile (see docs/documents.md).")] = "generic-80",
     flow_control: Annotated[str, typer.Option(help="none, rtscts or xonxoff.")] = "none",
@@ -178,7 +191,13 @@ def devices_add(
     target = out_path or Path(f"{name}.agent.toml")
     if target.exists():
         fail(f"{target} already exists; choose another --out")
-    body = {"name": name, "serial_url": serial, "baud": baud, "profile": profile, "flow_control": flow_control}
+    body = {
+        "name": name,
+        "serial_url": serial,
+        "baud": baud,
+        "profile": profile,
+        "flow_control": flow_control,
+    }
     result = call("POST", "/v1/devices", json=body)
     try:
         _write_agent_config(target, result["agent_config"], name)
@@ -224,7 +243,14 @@ def printers_add(
     flow_control: Annotated[str, typer.Option()] = "none",
 ) -> None:
     """Attach another printer to a host; a running agent picks it up without re-flashing."""
-    body = {"device": device, "name": name, "serial_url": serial, "baud": baud, "profile": profile, "flow_control": flow_control}
+    body = {
+        "device": device,
+        "name": name,
+        "serial_url": serial,
+        "baud": baud,
+        "profile": profile,
+        "flow_control": flow_control,
+    }
     call("POST", "/v1/printers", json=body)
     out.print(f"added printer {name} to {device}")
 
@@ -256,7 +282,9 @@ def _wait(client: ApiClient, job_id: str, timeout: float | None) -> dict[str, An
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         slice_s = 30.0 if deadline is None else max(0.1, min(30.0, deadline - time.monotonic()))
-        job: dict[str, Any] = client.request("GET", f"/v1/jobs/{job_id}/wait", params={"timeout": slice_s}, timeout=slice_s + 10)
+        job: dict[str, Any] = client.request(
+            "GET", f"/v1/jobs/{job_id}/wait", params={"timeout": slice_s}, timeout=slice_s + 10
+        )
         from printfleet.wire import JobState
 
         if JobState(job["state"]).terminal or (deadline is not None and time.monotonic() >= deadline):
@@ -267,14 +295,20 @@ def _wait(client: ApiClient, job_id: str, timeout: float | None) -> dict[str, An
 def print_cmd(
     printer: str,
     text: Annotated[str | None, typer.Option(help="Plain text to print.")] = None,
-    doc: Annotated[Path | None, typer.Option(help="A receipt document (JSON, see docs/documents.md).")] = None,
+    doc: Annotated[
+        Path | None, typer.Option(help="A receipt document (JSON, see docs/documents.md).")
+    ] = None,
     raw: Annotated[Path | None, typer.Option(help="Raw ESC/POS bytes to send as they are.")] = None,
     copies: Annotated[int, typer.Option(min=1, max=100)] = 1,
     priority: Annotated[int, typer.Option(min=-100, max=100, help="Higher prints first.")] = 0,
-    ttl: Annotated[float | None, typer.Option(help="Seconds after which the job is stale and must not print.")] = None,
+    ttl: Annotated[
+        float | None, typer.Option(help="Seconds after which the job is stale and must not print.")
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Same key twice creates one job.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the outcome; exit 0 only if printed.")] = False,
-    wait_timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds.")] = None,
+    wait_timeout: Annotated[
+        float | None, typer.Option(help="With --wait: give up after this many seconds.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Submit a print job through the HTTP API."""
@@ -333,7 +367,14 @@ def jobs_list(
         return
     table = Table("job", "printer", "state", "copies", "created", "detail")
     for j in jobs:
-        table.add_row(j["id"], j["printer"], j["state"], f"{j['copies_done']}/{j['copies']}", _ts(j["created_at"]), j["detail"] or "")
+        table.add_row(
+            j["id"],
+            j["printer"],
+            j["state"],
+            f"{j['copies_done']}/{j['copies']}",
+            _ts(j["created_at"]),
+            j["detail"] or "",
+        )
     out.print(table)
 
 
@@ -346,7 +387,10 @@ def jobs_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fa
         return
     out.print(f"job {job['id']}  printer {job['printer']} on {job['device']}", markup=False)
     out.print(f"state {job['state']}" + (f" ({job['detail']})" if job["detail"] else ""), markup=False)
-    out.print(f"copies {job['copies_done']}/{job['copies']}, {job['size']} bytes, attempts {job['attempts']}", markup=False)
+    out.print(
+        f"copies {job['copies_done']}/{job['copies']}, {job['size']} bytes, attempts {job['attempts']}",
+        markup=False,
+    )
     table = Table("time", "state", "source", "detail")
     for e in job["events"]:
         table.add_row(_ts(e["at"]), e["state"], e["source"], e["detail"] or "")
@@ -376,7 +420,10 @@ def jobs_watch(printer: Annotated[str | None, typer.Argument()] = None) -> None:
             for event in client.stream_lines("/v1/events", **params):
                 if event.get("type") == "job":
                     detail = f" ({event['detail']})" if event.get("detail") else ""
-                    out.print(f"{_ts(event['at'])} {event['printer']} {event['job']} {event['state']}{detail}", markup=False)
+                    out.print(
+                        f"{_ts(event['at'])} {event['printer']} {event['job']} {event['state']}{detail}",
+                        markup=False,
+                    )
         except ClientError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
@@ -387,7 +434,9 @@ def jobs_watch(printer: Annotated[str | None, typer.Argument()] = None) -> None:
 
 
 @agent_app.command("run")
-def agent_run(config: Annotated[Path, typer.Option("--config", help="The agent.toml written by `devices add`.")]) -> None:
+def agent_run(
+    config: Annotated[Path, typer.Option("--config", help="The agent.toml written by `devices add`.")],
+) -> None:
     """Run the device agent (graceful stop on SIGINT/SIGTERM)."""
     from device_agent.agent import Agent
     from device_agent.config import load_config
@@ -410,10 +459,8 @@ async def _run_until_signal(coro: Any) -> None:
         task.cancel()
     else:
         sig.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
 
 
 @broker_app.command("run")
@@ -436,7 +483,9 @@ def broker_export(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for mosquitto.conf, passwd and acl.")],
     fmt: Annotated[str, typer.Option("--format", help="Only 'mosquitto' for now.")] = "mosquitto",
     data_dir: DataDirOpt = None,
-    listen: Annotated[str, typer.Option(help="Listener address written into mosquitto.conf.")] = "127.0.0.1:1883",
+    listen: Annotated[
+        str, typer.Option(help="Listener address written into mosquitto.conf.")
+    ] = "127.0.0.1:1883",
 ) -> None:
     """Write broker configuration (password and ACL files) for every registered device."""
     from cloud.runner import export_broker

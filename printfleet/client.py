@@ -53,7 +53,9 @@ def resolve_target(data_dir: Path, server: str | None, token: str | None) -> Tar
 
 
 class ApiClient:
-    def __init__(self, target: Target, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, target: Target, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self.target = target
         self._http = httpx.Client(
             base_url=target.server,
@@ -88,7 +90,9 @@ class ApiClient:
 
     def stream_lines(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
         try:
-            with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(30.0, read=60.0)) as resp:
+            with self._http.stream(
+                "GET", path, params=params, timeout=httpx.Timeout(30.0, read=60.0)
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise ClientError(resp.text, status=resp.status_code)

@@ -10,8 +10,13 @@ async def wait_for_signal() -> str:
     """Resolve on SIGINT or SIGTERM (graceful shutdown)."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[str] = loop.create_future()
+
+    def received(sig: signal.Signals) -> None:
+        if not fut.done():
+            fut.set_result(sig.name)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: fut.done() or fut.set_result(signal.Signals(s).name))
+        loop.add_signal_handler(sig, received, sig)
     try:
         return await fut
     finally:

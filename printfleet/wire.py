@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import hashlib
 import json
 import re
@@ -54,7 +55,8 @@ def check_name(name: str, what: str = "name") -> str:
     """Validate a device, printer or bridge name; return it unchanged."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise WireError(
-            f"invalid {what} {name!r}: use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+            f"invalid {what} {name!r}: use 1-63 lowercase letters, digits, '-' or '_',"
+            " starting with a letter or digit"
         )
     return name
 
@@ -437,7 +439,13 @@ UPSTREAM_TYPES = frozenset(
 PRESENCE_TYPES = frozenset({MsgType.BIRTH, MsgType.WILL})
 #: Message types only the controller sends; a peer verifies their signature before acting.
 DOWNSTREAM_TYPES = frozenset(
-    {MsgType.HEARTBEAT_ACK, MsgType.JOB_PRINT, MsgType.JOB_CANCEL, MsgType.REPORT_ACK, MsgType.PRINTERS_CONFIG}
+    {
+        MsgType.HEARTBEAT_ACK,
+        MsgType.JOB_PRINT,
+        MsgType.JOB_CANCEL,
+        MsgType.REPORT_ACK,
+        MsgType.PRINTERS_CONFIG,
+    }
 )
 
 B = TypeVar("B", bound=Body)
@@ -461,7 +469,7 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1
     type: MsgType
     id: str = _Id
     src: str = Field(max_length=80)
@@ -496,7 +504,7 @@ class Envelope(BaseModel):
             body=body.model_dump(mode="json"),
         )
 
-    def parsed(self, body_type: type[B]) -> B:
+    def parsed(self, body_type: builtins.type[B]) -> B:
         """The body as its model; :class:`WireError` when it does not fit."""
         if body_type.TYPE is not self.type:
             raise WireError(f"expected a {body_type.TYPE} message, got {self.type}")

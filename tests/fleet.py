@@ -44,7 +44,7 @@ class AgentProcess:
     proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        fh = open(self.log, "ab")  # noqa: SIM115 - handed to the child process
+        fh = open(self.log, "ab")  # noqa: SIM115, ASYNC230 - a local log file handed to the child
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -128,7 +128,9 @@ class Fleet:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
         result = CliResult(code=proc.returncode or 0, stdout=out.decode(), stderr=err.decode())
         if check and result.code != 0:
-            raise AssertionError(f"printfleet {' '.join(args)} exited {result.code}:\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"printfleet {' '.join(args)} exited {result.code}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     async def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -159,7 +161,12 @@ class Fleet:
         while True:
             try:
                 async with aiomqtt.Client(
-                    "127.0.0.1", self.mosquitto.port, identifier=username, username=username, password=password, timeout=2
+                    "127.0.0.1",
+                    self.mosquitto.port,
+                    identifier=username,
+                    username=username,
+                    password=password,
+                    timeout=2,
                 ):
                     return
             except aiomqtt.MqttError:

@@ -17,7 +17,12 @@ KEY = wire.SigningKey.generate().public_b64()
 def good() -> dict[str, Any]:
     return {
         "device": {"name": "kiosk-1"},
-        "mqtt": {"urls": ["mqtt://127.0.0.1:1883"], "username": "dev-kiosk-1", "password": "s3cret", "keepalive": 10},
+        "mqtt": {
+            "urls": ["mqtt://127.0.0.1:1883"],
+            "username": "dev-kiosk-1",
+            "password": "s3cret",
+            "keepalive": 10,
+        },
         "controller": {"http": "http://127.0.0.1:8080", "name": "main", "public_keys": [KEY]},
         "agent": {"state_dir": "state"},
     }

@@ -41,7 +41,17 @@ async def test_health_needs_no_token_everything_else_does(embedded_fleet: Fleet)
         ({"printer": "p1", "text": "a", "copies": 0}, 422, "copies"),
         ({"printer": "p1", "text": "a", "bogus": 1}, 422, "bogus"),
         ({"printer": "p1", "raw_base64": "!!!"}, 422, "base64"),
-        ({"printer": "p1", "document": {"version": 1, "items": [{"type": "barcode", "symbology": "EAN13", "data": "12"}]}}, 400, "EAN13"),
+        (
+            {
+                "printer": "p1",
+                "document": {
+                    "version": 1,
+                    "items": [{"type": "barcode", "symbology": "EAN13", "data": "12"}],
+                },
+            },
+            400,
+            "EAN13",
+        ),
         ({"printer": "p1", "document": {"version": 1, "items": []}}, 400, ""),
     ],
 )
@@ -71,8 +81,10 @@ async def test_idempotency_key(embedded_fleet: Fleet) -> None:
     assert first.status_code == 201 and again.status_code == 200
     assert first.json()["id"] == again.json()["id"]
     header = await fleet.api(
-        "POST", "/v1/jobs", json={"printer": "p1", "text": "order 42"}, headers={"Idempotency-Key": "order-42",
-        "Authorization": f"Bearer {fleet.svc.admin_token}"}
+        "POST",
+        "/v1/jobs",
+        json={"printer": "p1", "text": "order 42"},
+        headers={"Idempotency-Key": "order-42", "Authorization": f"Bearer {fleet.svc.admin_token}"},
     )
     assert header.status_code == 200 and header.json()["id"] == first.json()["id"]
     clash = await fleet.api("POST", "/v1/jobs", json={**body, "text": "order 43"})

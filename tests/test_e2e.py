@@ -1,4 +1,4 @@
-"""End to end through the real path: CLI -> HTTP API -> controller -> broker -> agent process -> pty -> printer."""
+"""End to end: CLI -> HTTP API -> controller -> broker -> agent process -> pty -> simulated printer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ async def test_print_a_receipt_end_to_end(fleet: Fleet) -> None:
         await fleet.start_agent(cfg)
         await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
 
-        res = await fleet.cli("print", "kiosk-1", "--text", "Hello from printfleet\nline two", "--wait", "--json")
+        res = await fleet.cli(
+            "print", "kiosk-1", "--text", "Hello from printfleet\nline two", "--wait", "--json"
+        )
         job = res.json()
         assert job["state"] == "printed"
 
@@ -77,11 +79,18 @@ async def test_agent_restart_and_late_will(embedded_fleet: Fleet) -> None:
         # The old session's will arrives late (e.g. a broker that noticed the old socket late).
         cfg = load_config(cfg_path)
         late = wire.Envelope.build(wire.Will(session=first_session), src=cfg.peer, dst=cfg.controller, seq=0)
-        async with aiomqtt.Client("127.0.0.1", fleet.svc.broker.bound_addresses[0][1],  # type: ignore[union-attr]
-                                  identifier="dev-kiosk-2", username=cfg.username, password=cfg.password) as c:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            fleet.svc.broker.bound_addresses[0][1],  # type: ignore[union-attr]
+            identifier="dev-kiosk-2",
+            username=cfg.username,
+            password=cfg.password,
+        ) as c:
             await c.publish(cfg.peer.topic(wire.Channel.PRESENCE), late.encode(), qos=1)
         # the probe took over the agent's client id: the agent reconnects with a newer session
-        await fleet.wait_device("kiosk-2", lambda d: d["online"] and d["session"] > first_session + 1, timeout=20)
+        await fleet.wait_device(
+            "kiosk-2", lambda d: d["online"] and d["session"] > first_session + 1, timeout=20
+        )
         dev = await fleet.device("kiosk-2")
         assert dev["online"] is True
         res = await fleet.cli("print", "kiosk-2", "--text", "after restart", "--wait", "--json")

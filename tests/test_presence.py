@@ -24,7 +24,7 @@ async def test_sigkill_offline_within_two_seconds(fleet: Fleet) -> None:
 
 
 async def test_sigstop_offline_within_keepalive_budget_then_back(fleet: Fleet) -> None:
-    """A frozen agent (socket open, silent) is offline within 1.5x its keep-alive + 1 s, back after SIGCONT."""
+    """A frozen agent (socket open, silent): offline within 1.5x keep-alive + 1 s, back after SIGCONT."""
     async with PtyPrinter() as printer:
         cfg = await fleet.add_device("k2", printer.url, keepalive=KEEPALIVE)
         agent = await fleet.start_agent(cfg)

@@ -628,7 +628,7 @@ class _SimulatedPrinter:
     async def wait_until(
         self,
         predicate: Callable[[PrinterModel], bool],
-        timeout: float | None,  # noqa: ASYNC109
+        timeout: float | None,
     ) -> None:
         """Wait until ``predicate(model)`` holds, re-checking on every model change."""
         assert self._changed_ev is not None, "use the printer as an async context manager"
@@ -640,7 +640,7 @@ class _SimulatedPrinter:
     async def wait_for_receipts(
         self,
         n: int,
-        timeout: float | None = 5.0,  # noqa: ASYNC109
+        timeout: float | None = 5.0,
     ) -> list[Receipt]:
         """Wait until at least ``n`` receipts were cut; return them all."""
         await self.wait_until(lambda m: len(m.receipts) >= n, timeout)
