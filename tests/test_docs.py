@@ -153,7 +153,14 @@ def _resolve(args: list[str]) -> tuple[list[str], Command, list[str]]:
 def test_the_docs_show_printfleet_commands() -> None:
     assert len(COMMAND_LINES) > 20  # the parser still finds the examples
     shown = {tuple(_resolve(args)[0]) for _, args in COMMAND_LINES}
-    for path in [("up",), ("devices", "add"), ("agent", "run"), ("print",), ("jobs", "show"), ("broker", "export")]:
+    for path in [
+        ("up",),
+        ("devices", "add"),
+        ("agent", "run"),
+        ("print",),
+        ("jobs", "show"),
+        ("broker", "export"),
+    ]:
         assert path in shown, f"no doc shows `printfleet {' '.join(path)}`"
 
 
@@ -170,7 +177,9 @@ def test_every_command_in_the_docs_exists(where: str, args: list[str]) -> None:
 def test_a_wrong_command_is_caught() -> None:
     with pytest.raises(AssertionError, match="not a command"):
         _resolve(["jobs", "frobnicate", "JOB"])
-    assert _printfleet_args(shlex.split("sudo -u printfleet env A=b /opt/printfleet/bin/printfleet up")) == ["up"]
+    assert _printfleet_args(shlex.split("sudo -u printfleet env A=b /opt/printfleet/bin/printfleet up")) == [
+        "up"
+    ]
     assert _printfleet_args(shlex.split("chown printfleet: /var/lib/printfleet")) is None
 
 
@@ -201,7 +210,9 @@ def test_relative_links_resolve(doc: Path, target: str) -> None:
     dest = (doc.parent / path_part).resolve() if path_part else doc
     assert dest.exists(), f"{_rel(doc)}: link to {target} points at nothing"
     if anchor and dest.suffix == ".md":
-        assert anchor in _slugs(dest.read_text(encoding="utf-8")), f"{_rel(doc)}: no heading #{anchor} in {dest.name}"
+        assert anchor in _slugs(dest.read_text(encoding="utf-8")), (
+            f"{_rel(doc)}: no heading #{anchor} in {dest.name}"
+        )
 
 
 def test_every_doc_is_linked_from_the_readme() -> None:
@@ -219,7 +230,9 @@ CITED = sorted({(m[0], m[1]) for doc in DOCS for m in CITED_TEST_RE.findall(doc.
 def test_cited_tests_exist(path: str, name: str) -> None:
     source = REPO / path
     assert source.exists(), f"cited test file {path} does not exist"
-    assert re.search(rf"^(async )?def {name}\(", source.read_text(encoding="utf-8"), re.M), f"{path} has no {name}"
+    assert re.search(rf"^(async )?def {name}\(", source.read_text(encoding="utf-8"), re.M), (
+        f"{path} has no {name}"
+    )
 
 
 # -- the protocol examples -----------------------------------------------------------------------
@@ -279,7 +292,10 @@ def test_protocol_page_states_the_contracts_numbers() -> None:
         assert f"`{state.value}`" in text, f"job state {state.value} is not documented"
     for field in wire.Envelope.model_fields:
         assert f"| `{field}` |" in text, f"envelope field {field} is not in the table"
-    for peer in (wire.Peer(role=wire.Role.CONTROLLER, name="main"), wire.Peer(role=wire.Role.DEVICE, name="x")):
+    for peer in (
+        wire.Peer(role=wire.Role.CONTROLLER, name="main"),
+        wire.Peer(role=wire.Role.DEVICE, name="x"),
+    ):
         for rule in wire.access_rules(peer):
             shown = rule.filter.replace("/dev/x/", "/dev/X/")
             assert f"`{shown}`" in text, f"ACL filter {rule.filter} is not documented"
