@@ -27,7 +27,7 @@ FENCE_RE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.M | re.S)
 INLINE_RE = re.compile(r"`(printfleet [^`]+)`")
 LINK_RE = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 CITED_TEST_RE = re.compile(r"(tests/[\w/]+\.py)::(test_\w+)")
-SHELL_BREAKS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1"}
+SHELL_BREAKS = {"|", "||", "&&", ";", ";;", "&", ">", ">>", "<", ">&", "(", ")"}
 #: Options of the root callback: they may come before the command.
 GLOBAL_OPTS_WITH_VALUE = {"--data-dir", "--server", "--token"}
 GLOBAL_FLAGS = {"--verbose", "-v"}
@@ -82,7 +82,9 @@ def _code_lines(text: str) -> list[str]:
 
 def _segments(line: str) -> list[list[str]]:
     try:
-        tokens = shlex.split(line)
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
     except ValueError:
         tokens = line.split()
     segments: list[list[str]] = [[]]
@@ -181,6 +183,11 @@ def test_a_wrong_command_is_caught() -> None:
         "up"
     ]
     assert _printfleet_args(shlex.split("chown printfleet: /var/lib/printfleet")) is None
+    assert [_printfleet_args(s) for s in _segments("printfleet devices list; printfleet jobs list>x")] == [
+        ["devices", "list"],
+        ["jobs", "list"],
+        None,
+    ]
 
 
 # -- links ---------------------------------------------------------------------------------------
