@@ -99,6 +99,7 @@ class Controller:
                     clean_session=True,
                     timeout=10,
                     will=aiomqtt.Will(wire.CONTROLLER_PRESENCE_TOPIC, offline.encode(), qos=1, retain=True),
+                    socket_options=(wire.TCP_NODELAY_OPTION,),
                 ) as client:
                     for topic in wire.CONTROLLER_SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)
@@ -268,6 +269,7 @@ class Controller:
         lease_until = now + int(self.config.lease_s * 1000)
         if job.expires_at is not None:
             lease_until = min(lease_until, job.expires_at)
+        sent_at = wire.now_ms()
         if job.cancel_requested_at is not None:
             sent = await self.send(peer, wire.JobCancel(job_id=job.id, printer=job.printer_name))
         else:
@@ -297,6 +299,7 @@ class Controller:
                 next_attempt_at=now + int(delay * 1000 * (0.8 + 0.4 * random.random())),
                 lease_until=lease_until,
                 executor=peer.client_id,
+                at=sent_at,
             )
 
     async def _presence_loop(self) -> None:

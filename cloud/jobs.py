@@ -313,7 +313,7 @@ class JobStore:
         return True
 
     async def mark_dispatched(
-        self, job_id: str, *, attempt: int, next_attempt_at: int, lease_until: int, executor: str
+        self, job_id: str, *, attempt: int, next_attempt_at: int, lease_until: int, executor: str, at: int
     ) -> None:
         async with self._sessions.begin() as s:
             job = await s.get(Job, job_id)
@@ -326,7 +326,7 @@ class JobStore:
             job.executor = executor
             if first:
                 job.state = S.DISPATCHED.value
-                job.updated_at = wire.now_ms()
+                job.updated_at = at
                 s.add(
                     JobEvent(
                         job_id=job_id,

@@ -155,6 +155,7 @@ class Agent:
                     clean_session=False,
                     timeout=10,
                     will=aiomqtt.Will(self.peer.topic(wire.Channel.PRESENCE), will.encode(), qos=1),
+                    socket_options=(wire.TCP_NODELAY_OPTION,),
                 ) as client:
                     await client.subscribe(self.peer.topic(wire.Channel.DOWN), qos=1)
                     await client.subscribe(wire.CONTROLLER_PRESENCE_TOPIC, qos=1)
@@ -303,15 +304,16 @@ class Agent:
             await self._queue_report(report)
 
     async def _on_heartbeat_ack(self, ack: wire.HeartbeatAck) -> None:
-        sent = self._hb_sent.pop(ack.hb_seq, None)
         now = wire.now_ms()
+        # echo first: the controller measures the round trip, so nothing may delay this reply
+        await self._publish(wire.Channel.UP, wire.HeartbeatEcho(hb_seq=ack.hb_seq, ctl_ts=ack.ctl_ts))
+        sent = self._hb_sent.pop(ack.hb_seq, None)
         if sent is not None:
             rtt = now - sent
             offset = ack.ctl_ts + rtt // 2 - now
             if abs(offset - self.offset_ms) > 50:
                 await self.journal.set_kv("clock_offset_ms", str(offset))
             self.offset_ms = offset
-        await self._publish(wire.Channel.UP, wire.HeartbeatEcho(hb_seq=ack.hb_seq, ctl_ts=ack.ctl_ts))
         if ack.config_version != self._config_version:
             await self._publish(wire.Channel.UP, wire.SyncRequest(session=self._session, reason="config"))
 

@@ -61,8 +61,13 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _setup_logging(default: int = logging.WARNING) -> None:
-    level = logging.DEBUG if G.verbose else default
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Entry points configure logging: our packages at ``default``, third-party libraries at WARNING."""
+    logging.basicConfig(
+        level=logging.DEBUG if G.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in ("printfleet", "cloud", "device_agent", "broker", "phone_bridge"):
+        logging.getLogger(name).setLevel(logging.DEBUG if G.verbose else default)
 
 
 @app.callback()
