@@ -45,6 +45,10 @@ def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ControllerError(f"invalid broker URL {url!r}: expected mqtt://HOST:PORT")
     tls = parts.scheme == "mqtts"
+    if tls:
+        raise ControllerError(
+            "mqtts:// (TLS) is not supported yet; use mqtt:// on a trusted network or a tunnel"
+        )
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:

@@ -68,6 +68,7 @@ class Controller:
         self.connected = asyncio.Event()
         self.state = LinkState.DISCONNECTED
         self._on_kick = on_kick
+        self.last_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -116,6 +117,7 @@ class Controller:
                     async for message in client.messages:
                         await self._handle(message)
             except aiomqtt.MqttError as exc:
+                self.last_error = str(exc)
                 log.warning("controller lost the broker (%s); reconnecting in %.1f s", exc, backoff)
             finally:
                 self._client = None
@@ -236,7 +238,7 @@ class Controller:
             log.warning(
                 "device %s reported on job %s of device %s: refused", peer.name, job.id, job.device_name
             )
-            return
+            job = None  # acknowledged below (so the agent stops resending) but never applied
         if job is not None:
             await self.jobs.transition(
                 report.job_id,

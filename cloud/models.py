@@ -28,7 +28,7 @@ class Device(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     # presence
     online: Mapped[bool] = mapped_column(Boolean, default=False)
-    session: Mapped[int] = mapped_column(Integer, default=0)
+    session: Mapped[int] = mapped_column(BigInteger, default=0)
     boot_id: Mapped[str | None] = mapped_column(String(64), default=None)
     agent_version: Mapped[str | None] = mapped_column(String(64), default=None)
     online_since: Mapped[int | None] = mapped_column(BigInteger, default=None)

@@ -80,8 +80,8 @@ class Presence:
                 return None
             device.session = will.session
             device.online = False
-            device.offline_reason = "connection lost"
-            log.info("device %s offline (will of session %d)", name, will.session)
+            device.offline_reason = will.reason
+            log.info("device %s offline (%s, session %d)", name, will.reason, will.session)
             return PresenceChange(device=name, online=False)
 
     async def on_heartbeat(self, name: str, hb: wire.Heartbeat) -> PresenceChange | None:

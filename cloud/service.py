@@ -158,7 +158,11 @@ class ControllerService:
             self.endpoints = Endpoints(
                 http_url=http_url, mqtt_urls=mqtt_urls, advertised_http=adv_http, advertised_mqtt=adv_mqtt
             )
-            await asyncio.wait_for(self.controller.connected.wait(), timeout=15)
+            try:
+                await asyncio.wait_for(self.controller.connected.wait(), timeout=15)
+            except TimeoutError:
+                reason = self.controller.last_error or "no answer"
+                raise ControllerError(f"cannot connect to the broker at {host}:{port}: {reason}") from None
             cfg.data_dir.write_state(
                 {
                     "pid": os.getpid(),

@@ -140,7 +140,7 @@ class Agent:
         while True:
             broker = self.config.brokers[index % len(self.config.brokers)]
             self.state = AgentState.CONNECTING
-            self._session = await self.journal.next_counter("session")
+            self._session = await self.journal.next_session()
             will = wire.Envelope.build(
                 wire.Will(session=self._session), src=self.peer, dst=self.config.controller, seq=0
             )
@@ -165,8 +165,15 @@ class Agent:
                     self.online.set()
                     backoff = 0.2
                     log.info("agent %s connected to %s (session %d)", self.peer.name, broker, self._session)
-                    async for message in client.messages:
-                        await self._handle(message)
+                    try:
+                        async for message in client.messages:
+                            await self._handle(message)
+                    except asyncio.CancelledError:
+                        # a clean stop: say goodbye so the controller need not wait for the deadline
+                        bye = wire.Will(session=self._session, reason="agent stopped")
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(self._publish(wire.Channel.PRESENCE, bye), timeout=2)
+                        raise
             except aiomqtt.MqttError as exc:
                 log.warning("agent lost %s (%s); reconnecting in %.1f s", broker, exc, backoff)
                 index += 1

@@ -36,7 +36,11 @@ class BrokerAddress:
             port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         except ValueError as exc:
             raise AgentError(f"invalid port in broker URL {url!r}") from exc
-        return cls(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
+        if parts.scheme == "mqtts":
+            raise AgentError(
+                "mqtts:// (TLS) is not supported yet; use mqtt:// on a trusted network or a tunnel"
+            )
+        return cls(host=parts.hostname, port=port, tls=False)
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
@@ -130,7 +134,11 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
         raise AgentError("agent config: [agent] must be a table")
     state_raw = agent.get("state_dir")
     if state_raw is None:
-        state_dir = Path(platformdirs.user_state_dir("printfleet-agent", appauthor=False)) / name
+        systemd_state = os.environ.get("STATE_DIRECTORY")  # set by systemd's StateDirectory=
+        if systemd_state:
+            state_dir = Path(systemd_state.split(":")[0]) / name
+        else:
+            state_dir = Path(platformdirs.user_state_dir("printfleet-agent", appauthor=False)) / name
     elif isinstance(state_raw, str) and state_raw:
         state_dir = Path(state_raw).expanduser()
         if not state_dir.is_absolute() and base_dir is not None:

@@ -148,6 +148,24 @@ class Journal:
 
         return await self._run(run)
 
+    async def next_session(self) -> int:
+        """The next MQTT session number: above every earlier one, even if this journal was lost.
+
+        It is at least the wall clock in milliseconds, so a host whose journal was wiped (or
+        re-flashed) still announces a session newer than any the controller has seen.
+        """
+
+        def run() -> int:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT value FROM kv WHERE key='session'").fetchone()
+                value = max((int(row["value"]) if row else 0) + 1, wire.now_ms())
+                db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('session', ?)", (str(value),))
+            return value
+
+        return await self._run(run)
+
     async def get_kv(self, key: str) -> str | None:
         def run() -> str | None:
             row = self._conn().execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()

@@ -176,9 +176,7 @@ def demo_cmd(
 def _write_agent_config(path: Path, agent_config: dict[str, Any], device: str) -> None:
     from device_agent.config import write_config
 
-    data = dict(agent_config)
-    data.setdefault("agent", {"state_dir": f"{device}-state"})
-    write_config(path, data)
+    write_config(path, dict(agent_config))
 
 
 @devices_app.command("add")

@@ -310,8 +310,11 @@ class Birth(Body):
 
 
 class Will(Body):
+    """The last will (the broker sends it when the connection dies) or a clean goodbye from the agent."""
+
     TYPE: ClassVar[MsgType] = MsgType.WILL
     session: int = Field(ge=1)
+    reason: str = Field(default="connection lost", max_length=64)
 
 
 class Heartbeat(Body):

@@ -142,12 +142,13 @@ class Fleet:
     async def add_device(self, name: str, serial_url: str, *, keepalive: int | None = None) -> Path:
         cfg = self.root / f"{name}.agent.toml"
         await self.cli("devices", "add", name, "--serial", serial_url, "--out", str(cfg))
-        if keepalive is not None:
-            import tomllib
+        import tomllib
 
-            data = tomllib.loads(cfg.read_text())
+        data = tomllib.loads(cfg.read_text())
+        data["agent"] = {"state_dir": f"{name}-state"}  # each test keeps its journal in its tmp dir
+        if keepalive is not None:
             data["mqtt"]["keepalive"] = keepalive
-            write_config(cfg, data)
+        write_config(cfg, data)
         await self.sync_broker_credentials(load_config(cfg).username, load_config(cfg).password)
         return cfg
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 14:04:01.021664
+Create Date: 2026-11-21 14:18:22.474382
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def upgrade() -> None:
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("online", sa.Boolean(), nullable=False),
-        sa.Column("session", sa.Integer(), nullable=False),
+        sa.Column("session", sa.BigInteger(), nullable=False),
         sa.Column("boot_id", sa.String(length=64), nullable=True),
         sa.Column("agent_version", sa.String(length=64), nullable=True),
         sa.Column("online_since", sa.BigInteger(), nullable=True),
