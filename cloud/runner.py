@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.panel import Panel
+from rich.text import Text
 
 from broker import EmbeddedBroker, ListenerSpec, export_mosquitto
 from cloud import db
@@ -164,7 +165,7 @@ async def run_demo(*, console: Console, timeout: float) -> bool:
                 )
             receipts = [r for r in printer.model.receipts if f"Order {order}" in r.text]
             if receipts:
-                console.print(Panel(receipts[0].text, title="what the printer printed", expand=False))
+                console.print(Panel(Text(receipts[0].text), title="what the printer printed", expand=False))
             ok = job["state"] == "printed" and len(receipts) == 1
             console.print(
                 f"job {job['state']}; the printer received {len(receipts)} copy(ies) of order {order}: "

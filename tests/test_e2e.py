@@ -90,7 +90,9 @@ async def test_agent_restart_and_late_will(embedded_fleet: Fleet) -> None:
             await c.publish(cfg.peer.topic(wire.Channel.PRESENCE), late.encode(), qos=1)
         # The probe took over the agent's client id (the broker fires that session's will too); the
         # agent reconnects on a newer session, which neither will may mark offline.
-        await fleet.wait_device("kiosk-2", lambda d: d["online"] and d["session"] > second_session, timeout=20)
+        await fleet.wait_device(
+            "kiosk-2", lambda d: d["online"] and d["session"] > second_session, timeout=20
+        )
         dev = await fleet.device("kiosk-2")
         assert dev["online"] is True
         res = await fleet.cli("print", "kiosk-2", "--text", "after restart", "--wait", "--json")
