@@ -18,6 +18,13 @@ Exceptions::
     PrintfleetError
      +-- PrinterLinkError   (printer name, reason, retryable)
 
+Automatic Status Back (``asb=True``): after opening, the link sends ``GS a 15`` so a printer that
+supports it reports every status change by itself (4-byte blocks). The link keeps the latest block
+(:attr:`PrinterLink.last_asb`), offers :meth:`PrinterLink.status_changes`, an async iterator of the
+changes, and reacts to a block at once while printing (a fault block makes it read DLE EOT and hold
+the job without waiting for a barrier to be late; a clear block resumes a held job at once).
+Polling stays as the fallback: a printer without ASB simply never sends a block.
+
 Lifecycle (:class:`LinkState`): ``closed -> open -> closed``; ``open -> failed`` when the port
 breaks (every waiter gets a :class:`PrinterLinkError`); ``failed -> closed`` on exit.
 """
@@ -30,7 +37,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -59,6 +66,8 @@ from printfleet.wire import PrinterHealth, PrinterSpec, now_ms
 log = logging.getLogger(__name__)
 
 GS_R_PAPER: Final = b"\x1dr\x01"
+#: GS a 15: Automatic Status Back on drawer, online/offline, error and paper sensor changes.
+GS_A_ALL: Final = b"\x1da\x0f"
 
 
 def dle_eot(n: int) -> bytes:
@@ -156,6 +165,15 @@ def open_serial(spec: PrinterSpec, read_timeout: float, write_timeout: float) ->
     return port
 
 
+@dataclass(eq=False)
+class _StatusSubscriber:
+    """One :meth:`PrinterLink.status_changes` iterator: the latest change not yet taken (latest wins)."""
+
+    event: asyncio.Event
+    latest: PrinterStatus | None = None
+    ended: bool = False
+
+
 @dataclass(kw_only=True)
 class _JobContext:
     total: int
@@ -177,6 +195,7 @@ class PrinterLink:
     ``status_timeout`` bounds each DLE EOT reply; ``barrier_timeout`` is how long a GS r barrier may
     be late before the link asks the printer why; ``hold_timeout`` (None: no limit) bounds how long
     a job may stay held; ``write_timeout`` bounds each write (never 0: pyserial would loop forever).
+    ``asb`` enables Automatic Status Back after opening (only on a profile with status queries).
     """
 
     def __init__(
@@ -189,6 +208,7 @@ class PrinterLink:
         hold_poll_interval: float = 0.25,
         hold_timeout: float | None = None,
         read_timeout: float = 0.05,
+        asb: bool = False,
         opener: PortOpener = open_serial,
     ) -> None:
         if write_timeout <= 0:
@@ -215,6 +235,10 @@ class PrinterLink:
         self._job_lock: asyncio.Lock | None = None
         self._xoff = False
         self._last_asb: PrinterStatus | None = None
+        self._asb = asb and spec.status_queries
+        self._asb_blocks = 0
+        self._asb_subscribers: set[_StatusSubscriber] = set()
+        self._asb_waiters: list[asyncio.Future[None]] = []
         self._job_counter = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -236,6 +260,11 @@ class PrinterLink:
     def last_asb(self) -> PrinterStatus | None:
         """The latest Automatic Status Back block, if the printer sends them."""
         return self._last_asb
+
+    @property
+    def asb_active(self) -> bool:
+        """True once the printer sent an ASB block: status changes arrive without polling."""
+        return self._asb_blocks > 0
 
     def _set_state(self, new: LinkState) -> None:
         if new is self._state:
@@ -262,6 +291,12 @@ class PrinterLink:
         self._closing = False
         self._set_state(LinkState.OPEN)
         self._reader = asyncio.create_task(self._read_loop(), name=f"printer-reader {self.name}")
+        if self._asb:
+            try:
+                await self._write(GS_A_ALL)
+            except PrinterLinkError:
+                await self.__aexit__(None, None, None)
+                raise
         return self
 
     async def __aexit__(
@@ -291,6 +326,10 @@ class PrinterLink:
         self._fail_waiters(error)
 
     def _fail_waiters(self, error: PrinterLinkError) -> None:
+        self._wake_asb_waiters()
+        for sub in self._asb_subscribers:
+            sub.ended = True
+            sub.event.set()
         futures: list[asyncio.Future[Any]] = [
             *self._status_waiters,
             *self._barriers,
@@ -332,7 +371,7 @@ class PrinterLink:
                 case GsRReply(value=value):
                     self._resolve_first(self._barriers, value, "GS r reply")
                 case AsbBlock():
-                    self._last_asb = event.status
+                    self._on_asb(event.status)
                 case BlockReply(header=0x37, payload=payload) if payload[:1] == b"\x22":
                     fut = self._tag_waiters.pop(payload[1:], None)
                     if fut is not None and not fut.done():
@@ -343,6 +382,63 @@ class PrinterLink:
                     self._xoff = False
                 case BlockReply() | Unknown():
                     log.debug("printer %s: unexpected %r", self.name, event)
+
+    def _on_asb(self, status: PrinterStatus) -> None:
+        previous, self._last_asb = self._last_asb, status
+        self._asb_blocks += 1
+        if status == previous:
+            return
+        log.debug("printer %s: ASB %s", self.name, ", ".join(status.faults()) or "ready")
+        for sub in self._asb_subscribers:
+            sub.latest = status
+            sub.event.set()
+        self._wake_asb_waiters()
+
+    def _wake_asb_waiters(self) -> None:
+        waiters, self._asb_waiters = self._asb_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _wait_barrier_or_asb(self, barrier: asyncio.Future[int] | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` for ``barrier`` (if any) or an ASB status change; True if ASB woke us."""
+        asb: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._asb_waiters.append(asb)
+        try:
+            waitables: set[asyncio.Future[Any]] = {asb} if barrier is None else {asb, barrier}
+            await asyncio.wait(waitables, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+            return asb.done()
+        finally:
+            if not asb.done():
+                asb.cancel()
+            with contextlib.suppress(ValueError):
+                self._asb_waiters.remove(asb)
+
+    async def status_changes(self) -> AsyncIterator[PrinterStatus]:
+        """Each status the printer reports by ASB that differs from the one before, as it arrives.
+
+        Needs ``asb=True`` and a printer that supports ASB (:attr:`asb_active`); otherwise it yields
+        nothing until the link closes. A slow consumer gets the latest status (changes in between are
+        merged, never queued). Ends when the link closes; raises :class:`PrinterLinkError` when the
+        port broke. Use it as ``async with contextlib.aclosing(link.status_changes()) as changes:``.
+        """
+        self._check_open()
+        sub = _StatusSubscriber(event=asyncio.Event())
+        self._asb_subscribers.add(sub)
+        try:
+            while True:
+                sub.event.clear()
+                if sub.latest is not None:
+                    status, sub.latest = sub.latest, None
+                    yield status
+                    continue
+                if sub.ended:
+                    break
+                await sub.event.wait()
+        finally:
+            self._asb_subscribers.discard(sub)
+        if self._failure is not None:
+            raise self._failure
 
     def _resolve_first(self, waiters: deque[asyncio.Future[int]], value: int, what: str) -> None:
         while waiters:
@@ -507,19 +603,29 @@ class PrinterLink:
         return fut
 
     async def _await_barrier(self, fut: asyncio.Future[int], ctx: _JobContext) -> None:
-        """Wait for one barrier; when it is late, find out why (fault -> held; silence -> error)."""
+        """Wait for one barrier; when it is late, find out why (fault -> held; silence -> error).
+
+        An ASB block that shows a fault is acted on at once, without waiting for the barrier to be late.
+        """
+        loop = asyncio.get_running_loop()
         late = 0
+        deadline = loop.time() + self.barrier_timeout
         while True:
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), self.barrier_timeout)
+            by_asb = await self._wait_barrier_or_asb(fut, deadline - loop.time())
+            if fut.done():
+                fut.result()  # raises PrinterLinkError when the link failed
                 return
-            except TimeoutError:
-                pass
+            if by_asb and not (self._last_asb is not None and self._last_asb.faults()):
+                continue  # a status change that does not stop printing
             status = await self._read_status()
             if status.faults():
                 await self._hold_until_clear(ctx, status, barrier=fut)
                 late = 0
+                deadline = loop.time() + self.barrier_timeout
                 continue
+            if by_asb:
+                continue
+            deadline = loop.time() + self.barrier_timeout
             late += 1
             if late >= 2:
                 raise PrinterLinkError(
@@ -545,12 +651,10 @@ class PrinterLink:
                 raise PrinterLinkError(
                     self.name, f"held for more than {self.hold_timeout:g}s: {reason}", retryable=False
                 )
-            if barrier is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(barrier), self.hold_poll_interval)
-                    break
-            else:
-                await asyncio.sleep(self.hold_poll_interval)  # polling the printer, not synchronising
+            # Poll DLE EOT every hold_poll_interval; an ASB block or the barrier ends the wait early.
+            await self._wait_barrier_or_asb(barrier, self.hold_poll_interval)
+            if barrier is not None and barrier.done():
+                break
             status = await self._read_status()
         ctx.held_reason = None
         log.info("printer %s: job resumed", self.name)
@@ -558,6 +662,7 @@ class PrinterLink:
 
 
 __all__ = [
+    "GS_A_ALL",
     "TRANSITIONS",
     "JobPhase",
     "JobProgress",

@@ -251,3 +251,88 @@ async def test_cannot_open_a_missing_port() -> None:
         async with PrinterLink(spec_for("/dev/printfleet-no-such-port")):
             pass
     assert info.value.retryable
+
+
+# -- Automatic Status Back ---------------------------------------------------------------------
+
+
+def realtime_bytes(model: PrinterModel) -> int:
+    """Bytes of real-time commands (DLE EOT ...) the printer received."""
+    return model.bytes_received - model.bytes_stored
+
+
+async def test_asb_reports_status_changes_without_polling() -> None:
+    async with PtyPrinter() as printer:
+        async with PrinterLink(spec_for(printer.url), asb=True) as link:
+            changes = link.status_changes()
+            first = await asyncio.wait_for(anext(changes), 2)  # the block sent when ASB is enabled
+            assert first.faults() == ()
+            assert link.asb_active
+            queried = realtime_bytes(printer.model)
+            printer.set_fault(paper_out=True)
+            out = await asyncio.wait_for(anext(changes), 2)
+            assert out.faults() == ("paper out",)
+            assert link.last_asb == out
+            printer.set_fault(paper_out=False, cover_open=True)
+            assert (await asyncio.wait_for(anext(changes), 2)).faults() == ("cover open",)
+            printer.clear_faults()
+            assert (await asyncio.wait_for(anext(changes), 2)).faults() == ()
+            assert realtime_bytes(printer.model) == queried == 0  # learnt without a single DLE EOT
+            nothing_left = asyncio.create_task(anext(changes, None))
+        # the link closed: the iterator ends
+        assert await asyncio.wait_for(nothing_left, 2) is None
+    # GS a is a status command, not print data
+    assert bytes(printer.model.payload_printed) == b""
+
+
+async def test_without_asb_status_changes_yield_nothing_and_end_on_close() -> None:
+    async with PtyPrinter() as printer:
+        async with PrinterLink(spec_for(printer.url)) as link:
+            pending = asyncio.create_task(anext(link.status_changes(), None))
+            printer.set_fault(paper_out=True)
+            assert (await link.health()).faults == ("paper out",)
+            assert not pending.done()
+            assert not link.asb_active
+            assert link.last_asb is None
+        assert await asyncio.wait_for(pending, 2) is None
+    assert realtime_bytes(printer.model) == 4 * 3  # one health read: DLE EOT 1..4
+
+
+async def test_asb_holds_and_resumes_a_job_at_once(slow_printer: PtyPrinter) -> None:
+    """Polling alone would take >= 5 s (barrier_timeout, hold_poll_interval); ASB makes it immediate."""
+    job = raster_job(12 * 1024)
+    phases: list[tuple[JobPhase, str | None]] = []
+    fault_set = False
+
+    async def on_progress(p: JobProgress) -> None:
+        nonlocal fault_set
+        phases.append((p.phase, p.reason))
+        if p.phase is JobPhase.WRITING and p.bytes_sent >= 4096 and not fault_set:
+            fault_set = True
+            slow_printer.set_fault(paper_out=True)
+        elif p.phase is JobPhase.HELD:
+            slow_printer.set_fault(paper_out=False)
+
+    async with PrinterLink(
+        spec_for(slow_printer.url), asb=True, barrier_timeout=5.0, hold_poll_interval=5.0
+    ) as link:
+        started = time.monotonic()
+        outcome = await link.print_job(job, on_progress=on_progress)
+        elapsed = time.monotonic() - started
+    assert outcome.result is PrintResult.PRINTED, outcome
+    assert outcome.held == ("paper out",)
+    assert phases.index((JobPhase.HELD, "paper out")) < phases.index((JobPhase.RESUMED, None))
+    assert elapsed < 3.0, f"held and resumed in {elapsed:.2f} s: ASB was not acted on"
+    assert bytes(slow_printer.model.payload_printed) == job
+    assert slow_printer.model.bytes_dropped == 0
+    assert len(slow_printer.model.receipts) == 1
+
+
+async def test_mute_printer_answers_nothing_but_prints() -> None:
+    async with PtyPrinter(PrinterModel(mute=True)) as printer:
+        async with PrinterLink(spec_for(printer.url), status_timeout=0.3) as link:
+            assert not (await link.health()).reachable
+        async with PrinterLink(spec_for(printer.url, status_queries=False)) as link:
+            outcome = await link.print_job(b"one way\n" + CUT)
+        assert outcome.result is PrintResult.PRINTED_UNCONFIRMED
+        assert (await printer.wait_for_receipts(1, timeout=5))[0].text == "one way"
