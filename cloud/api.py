@@ -169,10 +169,24 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.delete("/v1/printers/{name}")
     async def remove_printer(name: str, _t: Admin) -> dict[str, Any]:
         device = await ctx.registry.remove_printer(name)
-        for job in await ctx.jobs.open_jobs_for_printers([name]):
-            await ctx.jobs.transition(job.id, wire.JobState.CANCELLED, detail="printer removed", source="api")
+        await ctx.controller.printers_removed([name])
         await ctx.controller.push_config(device)
         return {"removed": name, "device": device}
+
+    @app.post("/v1/printers/{name}/clear")
+    async def clear_printer(name: str, tok: PrintScope) -> dict[str, Any]:
+        """Cancel every job of a printer that has not started printing."""
+        await ctx.registry.get_printer(name)
+        results = [
+            await ctx.controller.cancel_job(job.id, f"api:{tok.name}")
+            for job in await ctx.jobs.open_jobs_for_printers([name])
+        ]
+        return {
+            "printer": name,
+            "cancelled": sum(1 for r in results if r["cancelled"]),
+            "requested": sum(1 for r in results if not r["cancelled"] and r["state"] not in ("printing",)),
+            "jobs": results,
+        }
 
     # -- jobs ---------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 import aiomqtt
 
 from cloud.config import ControllerConfig
-from cloud.jobs import JobStore
+from cloud.jobs import QUEUED_ONLY, JobStore
 from cloud.models import Job
 from cloud.presence import Presence, PresenceChange
 from cloud.registry import Registry
@@ -288,6 +288,7 @@ class Controller:
                 copies=job.copies,
                 priority=job.priority,
                 order=job.seq,
+                after=await self.jobs.predecessor(job),
                 submitted_at=job.created_at,
                 expires_at=job.expires_at,
                 lease_until=lease_until,
@@ -317,9 +318,13 @@ class Controller:
             now = wire.now_ms()
             for job in await self.jobs.expired_open_jobs(now):
                 await self.jobs.transition(
-                    job.id, S.EXPIRED, detail="expired before delivery", source="controller"
+                    job.id,
+                    S.EXPIRED,
+                    detail="expired before delivery",
+                    source="controller",
+                    only_from=QUEUED_ONLY,
                 )
-            if loop.time() - last_purge > 60:
+            if loop.time() - last_purge > min(60.0, self.config.payload_retention_s / 2):
                 last_purge = loop.time()
                 purged = await self.jobs.purge_payloads(now - int(self.config.payload_retention_s * 1000))
                 if purged:
@@ -337,8 +342,9 @@ class Controller:
                 "cancelled": False,
                 "detail": f"job already {job.state}",
             }
-        if state == S.QUEUED:
-            await self.jobs.transition(job.id, S.CANCELLED, detail="cancelled before dispatch", source=source)
+        if state == S.QUEUED and await self.jobs.transition(
+            job.id, S.CANCELLED, detail="cancelled before dispatch", source=source, only_from=QUEUED_ONLY
+        ):
             return {"id": job.id, "state": S.CANCELLED.value, "cancelled": True}
         await self.jobs.request_cancel(job.id, source)
         self.wake_outbox()
@@ -349,9 +355,22 @@ class Controller:
             "detail": "cancel requested from the agent",
         }
 
-    async def device_removed(self, device: str, printers: list[str]) -> None:
+    async def printers_removed(self, printers: list[str]) -> None:
+        """Close the open jobs of removed printers: queued ones are cancelled; a job an agent may
+        hold (and may still print, offline) ends ``unknown``, never silently ``cancelled``."""
         for job in await self.jobs.open_jobs_for_printers(printers):
-            await self.jobs.transition(job.id, S.CANCELLED, detail="printer removed", source="controller")
+            if not await self.jobs.transition(
+                job.id, S.CANCELLED, detail="printer removed", source="controller", only_from=QUEUED_ONLY
+            ):
+                await self.jobs.transition(
+                    job.id,
+                    S.UNKNOWN,
+                    detail="printer removed while its agent held the job",
+                    source="controller",
+                )
+
+    async def device_removed(self, device: str, printers: list[str]) -> None:
+        await self.printers_removed(printers)
         if self._on_kick is not None:
             await self._on_kick(_device_peer(device).client_id)
 

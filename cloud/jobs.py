@@ -52,6 +52,10 @@ _RANK: dict[wire.JobState, int] = {
 _TERMINAL = [st.value for st in wire.TERMINAL_JOB_STATES]
 
 
+#: Jobs no agent can hold yet: the only ones the controller may end on its own.
+QUEUED_ONLY = frozenset({S.QUEUED})
+
+
 def allowed(current: wire.JobState, new: wire.JobState) -> bool:
     """Whether a job in ``current`` may move to ``new`` (the transition table, as data)."""
     if current.terminal:
@@ -283,14 +287,21 @@ class JobStore:
         source: str,
         copies_done: int | None = None,
         at: int | None = None,
+        only_from: frozenset[wire.JobState] | None = None,
     ) -> bool:
-        """Move a job to ``new`` if the state machine allows it; record the event. Idempotent."""
+        """Move a job to ``new`` if the state machine allows it; record the event. Idempotent.
+
+        ``only_from`` restricts the move to jobs still in one of those states when the transaction
+        commits (the controller decides alone only for jobs no agent can hold: ``queued``).
+        """
         async with self._sessions.begin() as s:
             job = await s.get(Job, job_id)
             if job is None:
                 log.warning("transition for unknown job %s ignored", job_id)
                 return False
             current = S(job.state)
+            if only_from is not None and current not in only_from:
+                return False
             if not allowed(current, new):
                 if current != new:
                     log.info("job %s: %s -> %s refused (stale or duplicate)", job_id, current, new)
@@ -403,6 +414,22 @@ class JobStore:
             )
             return (await s.scalars(q)).all()
 
+    async def predecessor(self, job: Job) -> str | None:
+        """The job just before ``job`` (same printer and priority) that its agent may not have yet."""
+        async with self._sessions() as s:
+            return await s.scalar(
+                select(Job.id)
+                .where(
+                    Job.printer_name == job.printer_name,
+                    Job.priority == job.priority,
+                    Job.seq < job.seq,
+                    Job.acked.is_(False),
+                    Job.state.notin_(_TERMINAL),
+                )
+                .order_by(Job.seq.desc())
+                .limit(1)
+            )
+
     async def resend_now(self, device_name: str) -> None:
         """Make every unacknowledged job of a device due at once (it just came online)."""
         async with self._sessions.begin() as s:
@@ -425,13 +452,16 @@ class JobStore:
             return (await s.scalars(q)).all()
 
     async def expired_open_jobs(self, now: int) -> Sequence[Job]:
-        """Jobs past their expiry that were never handed to an agent (so none can print them)."""
+        """Jobs past their expiry that were never sent to an agent (so none can print them).
+
+        A job already sent may be in an agent's journal: only that agent may end it (it applies the
+        same expiry rule, on the controller's clock, and reports ``expired``).
+        """
         async with self._sessions() as s:
             q = select(Job).where(
                 Job.expires_at.is_not(None),
                 Job.expires_at < now,
-                Job.state.in_([S.QUEUED.value, S.DISPATCHED.value]),
-                Job.acked.is_(False),
+                Job.state == S.QUEUED.value,
             )
             return (await s.scalars(q)).all()
 

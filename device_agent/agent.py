@@ -57,9 +57,13 @@ class Agent:
 
     # -- clock --------------------------------------------------------------------------------
 
+    def local_ms(self) -> int:
+        """This host's wall clock (which may be wrong: expiry is never judged on it alone)."""
+        return wire.now_ms() + self.config.clock_skew_ms
+
     def ctl_now(self) -> int:
         """The controller's clock as this agent estimates it (expiry and leases are judged on it)."""
-        return wire.now_ms() + self.offset_ms
+        return self.local_ms() + self.offset_ms
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -72,7 +76,9 @@ class Agent:
             if stored:
                 cfg = wire.PrintersConfig.model_validate_json(stored)
                 self._printers, self._config_version = cfg.printers, cfg.version
-            for report in await self.journal.recover_after_restart(now=wire.now_ms(), ctl_now=self.ctl_now()):
+            for report in await self.journal.recover_after_restart(
+                now=self.local_ms(), ctl_now=self.ctl_now()
+            ):
                 log.warning("job %s ended unknown: the agent stopped while printing it", report.job_id)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -125,7 +131,7 @@ class Agent:
                         await self.journal.transition(
                             job.job_id,
                             S.FAILED,
-                            now=wire.now_ms(),
+                            now=self.local_ms(),
                             ctl_now=self.ctl_now(),
                             printer=printer,
                             detail=f"printer {printer!r} is not attached to this host",
@@ -189,7 +195,7 @@ class Agent:
             session=self._session,
             boot_id=self.boot_id,
             version=__version__,
-            started_at=wire.now_ms(),
+            started_at=self.local_ms(),
             printers=tuple(p.name for p in self._printers),
             keepalive=self.config.keepalive,
         )
@@ -267,7 +273,7 @@ class Agent:
 
     async def _on_job(self, job: wire.JobPrint) -> None:
         payload = job.payload()  # checks base64 and sha256
-        now = wire.now_ms()
+        now = self.local_ms()
         record, is_new = await self.journal.accept(job, payload, now)
         if not is_new:
             # a redelivery: answer with what the journal recorded, never print twice
@@ -290,7 +296,7 @@ class Agent:
             worker[0].wake()
 
     async def _on_cancel(self, cancel: wire.JobCancel) -> None:
-        now = wire.now_ms()
+        now = self.local_ms()
         job = await self.journal.get(cancel.job_id)
         if job is None:
             await self.journal.tombstone(
@@ -311,7 +317,7 @@ class Agent:
             await self._queue_report(report)
 
     async def _on_heartbeat_ack(self, ack: wire.HeartbeatAck) -> None:
-        now = wire.now_ms()
+        now = self.local_ms()
         # echo first: the controller measures the round trip, so nothing may delay this reply
         await self._publish(wire.Channel.UP, wire.HeartbeatEcho(hb_seq=ack.hb_seq, ctl_ts=ack.ctl_ts))
         sent = self._hb_sent.pop(ack.hb_seq, None)
@@ -330,7 +336,7 @@ class Agent:
         while True:
             await self.online.wait()
             self._hb_seq += 1
-            self._hb_sent[self._hb_seq] = wire.now_ms()
+            self._hb_sent[self._hb_seq] = self.local_ms()
             for old in [k for k in self._hb_sent if k < self._hb_seq - 10]:
                 del self._hb_sent[old]
             hb = wire.Heartbeat(

@@ -60,6 +60,8 @@ class AgentConfig:
     printers: tuple[wire.PrinterSpec, ...] = ()
     heartbeat_s: float = 0.0
     status_poll_s: float = 5.0
+    #: Added to the host's clock (tests simulate a host whose clock is wrong; 0 in production).
+    clock_skew_ms: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -148,6 +150,12 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
     hb = agent.get("heartbeat_s", 0.0)
     if not isinstance(hb, int | float) or isinstance(hb, bool) or not 0 <= hb <= 600:
         raise AgentError("agent config: [agent] heartbeat_s must be a number of seconds (0 = keepalive/2)")
+    skew = agent.get("clock_skew_ms", 0)
+    if not isinstance(skew, int) or isinstance(skew, bool):
+        raise AgentError("agent config: [agent] clock_skew_ms must be an integer")
+    poll = agent.get("status_poll_s", 5.0)
+    if not isinstance(poll, int | float) or isinstance(poll, bool) or not 0.2 <= poll <= 600:
+        raise AgentError("agent config: [agent] status_poll_s must be between 0.2 and 600 seconds")
     printers_raw = data.get("printers", [])
     if not isinstance(printers_raw, list):
         raise AgentError("agent config: [[printers]] must be an array of tables")
@@ -169,6 +177,8 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
         state_dir=state_dir,
         printers=tuple(printers),
         heartbeat_s=float(hb),
+        status_poll_s=float(poll),
+        clock_skew_ms=skew,
     )
 
 

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     copies_done INTEGER NOT NULL DEFAULT 0,
     expires_at INTEGER,
     lease_until INTEGER,
+    after TEXT,
     attempt INTEGER NOT NULL DEFAULT 1,
     received_at INTEGER NOT NULL,
     started_at INTEGER,
@@ -73,6 +74,8 @@ class JournalJob:
     attempt: int
     started_at: int | None
     detail: str | None
+    after: str | None = None
+    received_at: int = 0
 
     @property
     def started(self) -> bool:
@@ -94,6 +97,8 @@ def _row_job(row: sqlite3.Row) -> JournalJob:
         attempt=row["attempt"],
         started_at=row["started_at"],
         detail=row["detail"],
+        after=row["after"],
+        received_at=row["received_at"],
     )
 
 
@@ -122,6 +127,9 @@ class Journal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+        if "after" not in columns:  # journals written before the ordering gate existed
+            db.execute("ALTER TABLE jobs ADD COLUMN after TEXT")
         self._db = db
 
     async def close(self) -> None:
@@ -206,7 +214,7 @@ class Journal:
                     return existing, False
                 db.execute(
                     "INSERT INTO jobs (job_id, printer, state, priority, ord, payload, copies, expires_at,"
-                    " lease_until, attempt, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " lease_until, attempt, received_at, after) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         job.job_id,
                         job.printer,
@@ -219,6 +227,7 @@ class Journal:
                         job.lease_until,
                         job.attempt,
                         now,
+                        job.after,
                     ),
                 )
                 new = db.execute("SELECT * FROM jobs WHERE job_id=?", (job.job_id,)).fetchone()
@@ -239,20 +248,29 @@ class Journal:
 
         return await self._run(run)
 
-    async def next_waiting(self, printer: str) -> JournalJob | None:
-        """The next job to print on a printer: highest priority first, then submission order."""
+    async def next_waiting(self, printer: str, *, now: int | None = None) -> JournalJob | None:
+        """The next job to print on a printer: highest priority first, then submission order.
+
+        A job whose predecessor (``after``) has not reached this journal yet waits for it, up to
+        ``wire.AFTER_GATE_MS``: redelivery after a reconnect can bring jobs out of order.
+        """
+        now = wire.now_ms() if now is None else now
 
         def run() -> JournalJob | None:
-            row = (
-                self._conn()
-                .execute(
-                    "SELECT * FROM jobs WHERE printer=? AND state IN (?, ?) AND started_at IS NULL"
-                    " ORDER BY priority DESC, ord ASC LIMIT 1",
-                    (printer, *WAITING),
-                )
-                .fetchone()
-            )
-            return None if row is None else _row_job(row)
+            db = self._conn()
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE printer=? AND state IN (?, ?) AND started_at IS NULL"
+                " ORDER BY priority DESC, ord ASC LIMIT 1",
+                (printer, *WAITING),
+            ).fetchall()
+            if not rows:
+                return None
+            job = _row_job(rows[0])  # only the head may print: everything behind it keeps its place
+            if job.after is None or now - job.received_at > wire.AFTER_GATE_MS:
+                return job
+            if db.execute("SELECT 1 FROM jobs WHERE job_id=?", (job.after,)).fetchone() is not None:
+                return job
+            return None
 
         return await self._run(run)
 

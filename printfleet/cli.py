@@ -271,6 +271,19 @@ def printers_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
     out.print(table)
 
 
+@printers_app.command("clear")
+def printers_clear(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Cancel every job of a printer that has not started printing (jobs already printing finish)."""
+    result = call("POST", f"/v1/printers/{name}/clear")
+    if as_json:
+        emit_json(result)
+        return
+    out.print(
+        f"{name}: {result['cancelled']} job(s) cancelled, {result['requested']} cancel(s) sent to the agent",
+        markup=False,
+    )
+
+
 @printers_app.command("remove")
 def printers_remove(name: str) -> None:
     """Detach a printer (its unfinished jobs are cancelled)."""

@@ -45,6 +45,9 @@ MAX_MESSAGE_BYTES = 512 * 1024
 #: Largest print payload (rendered ESC/POS) carried inline in a job message.
 MAX_JOB_BYTES = 256 * 1024
 
+#: How long an agent holds a job whose predecessor (``JobPrint.after``) never arrived.
+AFTER_GATE_MS = 30_000
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -355,6 +358,9 @@ class JobPrint(Body):
     copies: int = Field(default=1, ge=1, le=100)
     priority: int = Field(default=0, ge=-100, le=100)
     order: int = Field(default=0, ge=0)  # the controller's submission sequence: print order within a priority
+    #: The job just before this one on the same printer and priority that the agent may not have yet:
+    #: the agent holds this job until that one is in its journal (or ``AFTER_GATE_MS`` has passed).
+    after: str | None = Field(default=None, max_length=64)
     submitted_at: int
     expires_at: int | None = None
     lease_until: int
