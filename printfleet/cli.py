@@ -434,6 +434,8 @@ def jobs_watch(printer: Annotated[str | None, typer.Argument()] = None) -> None:
         try:
             params = {"printer": printer} if printer else {}
             for event in client.stream_lines("/v1/events", **params):
+                if event.get("type") == "hello":
+                    err.print("watching job transitions (Ctrl-C to stop)", markup=False)
                 if event.get("type") == "job":
                     detail = f" ({event['detail']})" if event.get("detail") else ""
                     out.print(
