@@ -1,0 +1,162 @@
+"""Every job prints exactly once: the seeded chaos run (tests/chaos.py) on both brokers, and its checker.
+
+The chaos run SIGKILLs the agent, the controller and the broker at random and takes the printer's
+paper out, while a few hundred jobs are submitted; then every job must be terminal and paper must
+agree with the job states. The seed comes from ``PRINTFLEET_CHAOS_SEED``::
+
+    PRINTFLEET_CHAOS_SEED=7 .venv/bin/python -m pytest -s -m slow tests/test_chaos.py
+
+The checker tests below feed :func:`tests.chaos.check` synthetic outcomes that break each rule, so a
+chaos run that passes is one in which the rules were actually applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from device_agent.journal import Journal
+from printfleet import wire
+from tests.chaos import ChaosConfig, JobOutcome, check, journal_in_write, marker, run_chaos, seed_from_env
+from tests.conftest import BROKERS, require_mosquitto
+
+# -- the checker on synthetic data ---------------------------------------------------------------
+
+
+def _job(
+    seq: int, state: str | None = "printed", *, copies: int = 1, detail: str | None = None
+) -> JobOutcome:
+    return JobOutcome(
+        seq=seq,
+        marker=marker(seq, f"{seq:08x}"),
+        copies=copies,
+        job_id=f"id{seq}",
+        state=state,
+        detail=detail,
+    )
+
+
+def _paper(*jobs: JobOutcome, times: int = 1) -> str:
+    return "\n".join(f"{j.marker}\nchaos job {j.seq}\nline 00 ====" for j in jobs for _ in range(times))
+
+
+def test_checker_accepts_a_clean_run() -> None:
+    jobs = [_job(0), _job(1, copies=2), _job(2, "unknown"), _job(3, "unknown"), _job(4, "failed", detail="x")]
+    # job 2 reached paper before the kill, job 3 did not: both are fine as unknown
+    paper = _paper(jobs[0]) + "\n" + _paper(jobs[1], times=2) + "\n" + _paper(jobs[2])
+    v = check(jobs, paper, in_write_ids={"id2", "id3"})
+    assert v.ok, v.violations
+    assert (v.duplicates, v.lost, v.states["printed"], v.states["unknown"]) == (0, 0, 2, 2)
+
+
+def test_checker_catches_a_duplicated_marker() -> None:
+    jobs = [_job(0), _job(1)]
+    v = check(jobs, _paper(jobs[0]) + "\n" + _paper(jobs[1], times=2), in_write_ids=())
+    assert not v.ok and v.duplicates == 1
+    assert any("on paper 2 times" in m for m in v.violations)
+
+
+def test_checker_catches_a_duplicate_inside_one_receipt_and_of_an_unknown_job() -> None:
+    jobs = [_job(0, "unknown")]
+    # the tail of a job cut by a kill and its reprint can share one receipt: count occurrences
+    v = check(jobs, f"{jobs[0].marker} {jobs[0].marker}", in_write_ids={"id0"})
+    assert not v.ok and v.duplicates == 1
+
+
+def test_checker_catches_extra_and_missing_copies() -> None:
+    jobs = [_job(0, copies=2), _job(1, copies=2)]
+    v = check(jobs, _paper(jobs[0], times=3) + "\n" + _paper(jobs[1], times=1), in_write_ids=())
+    assert (v.duplicates, v.lost) == (1, 1)
+
+
+def test_checker_catches_a_printed_job_missing_from_paper() -> None:
+    jobs = [_job(0), _job(1)]
+    v = check(jobs, _paper(jobs[0]), in_write_ids=())
+    assert not v.ok and v.lost == 1
+    assert any("printed but on paper 0 of 1" in m for m in v.violations)
+
+
+def test_checker_catches_jobs_left_open_or_never_accepted() -> None:
+    never = JobOutcome(seq=2, marker=marker(2, "00000002"), copies=1, job_id=None, state=None)
+    jobs = [_job(0, "held"), _job(1, "dispatched"), never]
+    v = check(jobs, "", in_write_ids=())
+    assert v.lost == 3
+    assert sum("not terminal" in m for m in v.violations) == 2
+    assert any("never accepted" in m for m in v.violations)
+
+
+def test_checker_catches_an_unexplained_unknown_and_a_silent_reprint() -> None:
+    jobs = [_job(0, "unknown"), _job(1)]
+    # job 0 ended unknown without a kill inside its write; job 1 was being written at a kill yet
+    # ended printed (it was printed again after the crash instead of becoming unknown)
+    v = check(jobs, _paper(jobs[1]), in_write_ids={"id1"})
+    assert any("no kill landed while it was written" in m for m in v.violations)
+    assert any("was being written at a kill but" in m for m in v.violations)
+
+
+def test_checker_catches_bad_failures_and_unrequested_states() -> None:
+    jobs = [_job(0, "failed"), _job(1, "failed", detail="printer error"), _job(2, "cancelled")]
+    v = check(jobs, _paper(jobs[1]), in_write_ids=())
+    assert any("failed without a reason" in m for m in v.violations)
+    assert any("failed but is on paper" in m for m in v.violations)
+    assert any("ended cancelled" in m for m in v.violations)
+
+
+def test_checker_catches_stray_markers_and_shared_ids() -> None:
+    a, b = _job(0), _job(1)
+    b = JobOutcome(seq=1, marker=b.marker, copies=1, job_id=a.job_id, state="printed")
+    v = check([a, b], _paper(a, b) + "\n" + marker(99, "deadbeef"), in_write_ids=())
+    assert v.stray_markers == 1
+    assert any("share job id" in m for m in v.violations)
+
+
+async def test_journal_reader_sees_a_job_started_but_not_finished(tmp_path: Path) -> None:
+    """The harness reads the agent's journal schema directly: keep it honest against the real one."""
+    journal = Journal(tmp_path / "journal.db")
+    await journal.open()
+    try:
+        for job_id in ("a" * 32, "b" * 32):
+            data = b"hello"
+            job = wire.JobPrint(
+                job_id=job_id,
+                printer="p1",
+                data=base64.b64encode(data).decode(),
+                sha256=hashlib.sha256(data).hexdigest(),
+                submitted_at=wire.now_ms(),
+                lease_until=wire.now_ms() + 60_000,
+            )
+            await journal.accept(job, data, wire.now_ms())
+        now = wire.now_ms()
+        await journal.transition("a" * 32, wire.JobState.PRINTING, now=now, ctl_now=now, started=True)
+        await journal.transition("b" * 32, wire.JobState.PRINTING, now=now, ctl_now=now, started=True)
+        await journal.transition("b" * 32, wire.JobState.PRINTED, now=now, ctl_now=now)
+        assert journal_in_write(tmp_path / "journal.db") == {"a" * 32}
+    finally:
+        await journal.close()
+
+
+# -- the chaos run -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_chaos_every_job_prints_exactly_once(broker: str, tmp_path: Path) -> None:
+    if broker == "mosquitto":
+        require_mosquitto()
+    config = ChaosConfig(workdir=tmp_path / "chaos", broker=broker, seed=seed_from_env(), jobs=200)  # type: ignore[arg-type]
+    report = await run_chaos(config)
+    print("\n" + report.line())
+    details = report.details()
+    assert report.ok, details
+    assert report.drained, details
+    v = report.verdict
+    assert v.duplicates == 0 and v.lost == 0, details
+    assert v.states["printed"] + v.states["unknown"] + v.states["failed"] == config.jobs, details
+    assert v.states["unknown"] <= report.kills_in_write, details
+    # the chaos was not vacuous
+    assert report.kills["agent"] >= 1 and report.kills["controller"] >= 1, details
+    assert report.paper_out_episodes >= 1, details
