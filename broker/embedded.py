@@ -18,6 +18,11 @@ What this wrapper adds to amqtt (each fix is proven by tests/test_broker_embedde
   the retain flag) but not stored.
 * messages queued for an offline persistent session are delivered in order and without the retain
   flag (amqtt sets RETAIN=1 on them).
+* TLS listeners (:func:`printfleet.tls.server_context`, TLS 1.2 minimum), on port 0 like plain
+  ones. With ``require_client_cert`` (mutual TLS) a client without a valid certificate from
+  ``cafile`` fails the handshake, and one whose certificate identity
+  (:func:`printfleet.tls.peer_identity`) is not its username and client id gets CONNACK "not
+  authorized"; the password is checked as well, mutual TLS adds to it.
 
 amqtt is pinned exactly (``amqtt==0.12.1``) because the subclass overrides its private methods.
 """
@@ -50,7 +55,7 @@ from amqtt.mqtt.packet import CONNECT
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
-from printfleet import wire
+from printfleet import tls, wire
 
 from .plugins import (
     AccessPolicy,
@@ -102,15 +107,13 @@ class ListenerSpec:
         return self.certfile is not None
 
     def ssl_context(self) -> ssl.SSLContext | None:
+        """The listener's server context (:func:`printfleet.tls.server_context`), or None for plain TCP."""
         if self.certfile is None or self.keyfile is None:
             return None
         try:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.cafile)
-            ctx.load_cert_chain(self.certfile, self.keyfile)
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerError(f"cannot load TLS files for {self.host}:{self.port}: {exc}") from exc
-        ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_NONE
-        return ctx
+            return tls.server_context(self.certfile, self.keyfile, self.cafile, self.require_client_cert)
+        except tls.TlsError as exc:
+            raise BrokerError(f"listener {self.host}:{self.port}: {exc}") from exc
 
 
 class BrokerState(StrEnum):
@@ -172,10 +175,17 @@ class EmbeddedBroker:
     async def start(self) -> None:
         self._move(BrokerState.STARTING)
         try:
+            # Built here, once per listener, so a bad certificate or key fails start() plainly.
+            contexts = [spec.ssl_context() for spec in self._listeners]
+        except BrokerError:
+            self._move(BrokerState.STOPPED)
+            raise
+        try:
             broker = _FleetBroker(
                 _amqtt_config(self._listeners, self._policy),
                 policy=self._policy,
                 listeners=self._listeners,
+                ssl_contexts=contexts,
                 max_packet_bytes=self._max_packet_bytes,
                 connect_timeout=self._connect_timeout,
             )
@@ -430,12 +440,14 @@ class _FleetBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informa
         *,
         policy: AccessPolicy,
         listeners: Sequence[ListenerSpec],
+        ssl_contexts: Sequence[ssl.SSLContext | None],
         max_packet_bytes: int,
         connect_timeout: float,
     ) -> None:
         super().__init__(config)
         self._policy = policy
         self._specs = dict(zip(config.listeners.keys(), listeners, strict=True))
+        self._ssl = dict(zip(config.listeners.keys(), ssl_contexts, strict=True))
         self._max_packet_bytes = max_packet_bytes
         self._connect_timeout = connect_timeout
         self._servers_started: list[asyncio.Server] = []
@@ -453,12 +465,15 @@ class _FleetBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informa
         ssl_context: ssl.SSLContext | None,
     ) -> asyncio.Server | websockets.asyncio.server.Server:
         spec = self._specs[listener_name]
+        context = self._ssl[listener_name]
         try:
             server = await asyncio.start_server(
                 partial(self.stream_connected, listener_name=listener_name),
                 spec.host,
                 spec.port,
-                ssl=spec.ssl_context(),
+                ssl=context,
+                # A client that stalls the TLS handshake is dropped like one that sends no CONNECT.
+                ssl_handshake_timeout=self._connect_timeout if context is not None else None,
             )
         except OSError as exc:
             raise BrokerError(f"cannot listen on {spec.host}:{spec.port}: {exc}") from exc
@@ -481,7 +496,7 @@ class _FleetBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informa
         conn = _Connection(reader, writer, self._max_packet_bytes)
         self._connections.add(conn)
         try:
-            if await self._admit(conn):
+            if await self._admit(conn, self._specs[listener_name]):
                 await self._client_connected(listener_name, conn.reader, conn.writer_adapter)
         finally:
             if conn.address is not None and conn.client_id is not None:
@@ -492,7 +507,7 @@ class _FleetBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informa
             self._connections.discard(conn)
             conn.done.set()
 
-    async def _admit(self, conn: _Connection) -> bool:
+    async def _admit(self, conn: _Connection, spec: ListenerSpec) -> bool:
         """Read and check the CONNECT; refuse with a CONNACK, or take over and let amqtt continue."""
         try:
             connect = await asyncio.wait_for(ConnectPacket.from_stream(conn.reader), self._connect_timeout)
@@ -509,6 +524,17 @@ class _FleetBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informa
             await self._refuse(conn, ConnectRefusal.UNACCEPTABLE_PROTOCOL, "only MQTT 3.1.1 is supported")
             return False
         conn.client_id = connect.client_id
+        if spec.require_client_cert:
+            # Mutual TLS adds to the password: the certificate's identity must be this client.
+            identity = tls.peer_identity(conn.writer.get_extra_info("ssl_object"))
+            username = connect.username if connect.username_flag else None
+            if identity is None or identity != username or identity != connect.client_id:
+                await self._refuse(
+                    conn,
+                    ConnectRefusal.NOT_AUTHORIZED,
+                    f"client certificate of {identity!r} used for username {username!r}",
+                )
+                return False
         try:
             admission = await self._policy.admit(
                 client_id=connect.client_id,

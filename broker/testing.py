@@ -5,6 +5,10 @@
     async with MosquittoProcess(tmp_path, credentials) as mosq:
         ...  # connect to 127.0.0.1:mosq.port
 
+    tls = MosquittoTls(cafile=..., certfile=..., keyfile=..., require_certificate=True)
+    async with MosquittoProcess(tmp_path, credentials, tls=tls, plain_listener=False) as mosq:
+        ...  # connect with TLS to 127.0.0.1:mosq.tls_port
+
 Used by this package's tests and by the end-to-end tests of the other packages.
 """
 
@@ -18,8 +22,10 @@ import os
 import shutil
 import signal
 import socket
+import ssl
+import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +36,7 @@ import aiomqtt
 from printfleet import wire
 
 from .embedded import DEFAULT_MAX_PACKET_BYTES
-from .mosquitto import MosquittoFiles, export_mosquitto
+from .mosquitto import MosquittoFiles, MosquittoTls, export_mosquitto
 from .passwords import generate_secret, hash_password
 from .plugins import BrokerError, Credential
 
@@ -40,6 +46,7 @@ __all__ = [
     "MessageLog",
     "MosquittoProcess",
     "MosquittoState",
+    "connack_code",
     "free_port",
     "make_account",
     "mosquitto_available",
@@ -78,7 +85,11 @@ class MosquittoState(StrEnum):
 
 
 class MosquittoProcess:
-    """mosquitto configured by :func:`broker.mosquitto.export_mosquitto`, on a free loopback port."""
+    """mosquitto configured by :func:`broker.mosquitto.export_mosquitto`, on free loopback ports.
+
+    With ``tls`` it also runs that TLS listener, on a free port of its own (``tls.port`` is ignored;
+    read :attr:`tls_port`); ``plain_listener=False`` leaves the plain listener out.
+    """
 
     def __init__(
         self,
@@ -90,7 +101,11 @@ class MosquittoProcess:
         binary: Path = MOSQUITTO_BINARY,
         ready_timeout: float = 10.0,
         stop_timeout: float = 5.0,
+        tls: MosquittoTls | None = None,
+        plain_listener: bool = True,
     ) -> None:
+        if not plain_listener and tls is None:
+            raise BrokerError("mosquitto needs a listener: keep the plain one or add a TLS one")
         self._workdir = workdir
         self._credentials = list(credentials)
         self._max_packet_bytes = max_packet_bytes
@@ -98,7 +113,10 @@ class MosquittoProcess:
         self._binary = binary
         self._ready_timeout = ready_timeout
         self._stop_timeout = stop_timeout
+        self._tls = tls
+        self._plain_listener = plain_listener
         self._port: int | None = None
+        self._tls_port: int | None = None
         self._files: MosquittoFiles | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
@@ -106,9 +124,24 @@ class MosquittoProcess:
 
     @property
     def port(self) -> int:
+        """The plain listener's port."""
+        if not self._plain_listener:
+            raise BrokerError("this mosquitto has no plain listener (see tls_port)")
         if self._port is None:
             raise BrokerError("mosquitto has not been started")
         return self._port
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's port."""
+        if self._tls is None:
+            raise BrokerError("this mosquitto has no TLS listener")
+        if self._tls_port is None:
+            raise BrokerError("mosquitto has not been started")
+        return self._tls_port
+
+    def _ports(self) -> list[int]:
+        return [p for p in (self._port if self._plain_listener else None, self._tls_port) if p is not None]
 
     @property
     def files(self) -> MosquittoFiles:
@@ -139,18 +172,22 @@ class MosquittoProcess:
         self._files = export_mosquitto(
             self._workdir,
             self._credentials,
-            listener_port=self.port,
+            listener_port=self._port or 1883,
             max_packet_bytes=self._max_packet_bytes,
             persistence_dir=self._workdir / "data" if self._persistence else None,
             run_as_user=getpass.getuser(),
+            tls=None if self._tls is None else replace(self._tls, port=self.tls_port),
+            plain_listener=self._plain_listener,
         )
         return self._files
 
     async def start(self) -> None:
         if self.state is MosquittoState.RUNNING:
             raise BrokerError("mosquitto is already running")
-        if self._port is None:
+        if self._port is None and self._plain_listener:
             self._port = free_port()
+        if self._tls_port is None and self._tls is not None:
+            self._tls_port = free_port()
         files = self._export()
         binary = _binary(self._binary)
         self._log = self._open_log()
@@ -168,17 +205,22 @@ class MosquittoProcess:
         except BaseException:
             await self.stop()
             raise
-        logger.info("mosquitto pid %s listening on 127.0.0.1:%s", self._proc.pid, self._port)
+        logger.info("mosquitto pid %s listening on 127.0.0.1 ports %s", self._proc.pid, self._ports())
 
     async def _wait_ready(self) -> None:
-        """Poll until the port accepts connections (bounded), or the process exits."""
+        """Poll until every port accepts TCP connections (bounded), or the process exits."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ready_timeout
+        for port in self._ports():
+            await self._wait_port(port, deadline)
+
+    async def _wait_port(self, port: int, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if self._proc is not None and self._proc.returncode is not None:
                 raise BrokerError(f"mosquitto exited with {self._proc.returncode}:\n{self.log_text()}")
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1.0)
+                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
             except (OSError, TimeoutError):
                 if loop.time() > deadline:
                     raise BrokerError(
@@ -208,7 +250,7 @@ class MosquittoProcess:
         await self._reap()
 
     async def restart(self) -> None:
-        """Stop (gracefully) and start again on the same port."""
+        """Stop (gracefully) and start again on the same ports."""
         await self.stop()
         await self.start()
 
@@ -267,6 +309,57 @@ class Account:
             timeout=timeout,
             **kwargs,
         )
+
+
+def _mqtt_str(data: str) -> bytes:
+    raw = data.encode()
+    return struct.pack("!H", len(raw)) + raw
+
+
+async def connack_code(
+    port: int,
+    *,
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    host: str = "127.0.0.1",
+    ssl_context: ssl.SSLContext | None = None,
+    timeout: float = 5.0,
+) -> int:
+    """Send one MQTT 3.1.1 CONNECT (over TLS with ``ssl_context``) and return the CONNACK's code.
+
+    For the refusals aiomqtt only reports as a timeout: with TLS 1.3 a server that refuses the client
+    certificate says so after the client's handshake has finished, and this read raises that alert as
+    :class:`ssl.SSLError` at once. A connection closed without a CONNACK raises ``ConnectionError``.
+    """
+    flags, payload = 0x02, _mqtt_str(client_id)
+    if username is not None:
+        flags, payload = flags | 0x80, payload + _mqtt_str(username)
+    if password is not None:
+        flags, payload = flags | 0x40, payload + _mqtt_str(password)
+    body = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", 60) + payload
+    length, remaining = len(body), bytearray()
+    while True:
+        length, byte = divmod(length, 128)
+        remaining.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context)
+        try:
+            writer.write(b"\x10" + bytes(remaining) + body)
+            await writer.drain()
+            try:
+                connack = await reader.readexactly(4)
+            except asyncio.IncompleteReadError as exc:
+                raise ConnectionResetError("closed without a CONNACK") from exc
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    if connack[:2] != b"\x20\x02":
+        raise ConnectionError(f"not a CONNACK: {connack!r}")
+    return connack[3]
 
 
 def make_account(peer: wire.Peer, *, enabled: bool = True, iterations: int = 1000) -> Account:

@@ -1,0 +1,568 @@
+"""TLS for the fleet's MQTT links: a local certificate authority, its certificates, and SSL contexts.
+
+Pure library code on top of :mod:`cryptography.x509`; nothing happens at import time.
+
+::
+
+    files = ensure_local_ca(data_dir / "tls")            # ca.pem, ca.key, server.pem, server.key
+    ListenerSpec(port=8883, certfile=files.server_cert, keyfile=files.server_key,
+                 cafile=files.ca_cert, require_client_cert=True)
+    ca = LocalCA.load(data_dir / "tls")
+    ca.issue_client("dev-kiosk-1").write(cert_path, key_path)   # the agent's client certificate
+    aiomqtt.Client(..., tls_context=client_context(ca_path, cert_path, key_path))
+
+Certificate identity rule (mutual TLS): a client certificate names exactly one MQTT client id. It is
+the subject's common name (CN), which must be a single value; certificates from :class:`LocalCA` also
+carry it as a SAN URI ``urn:printfleet:client:<client id>``, and when a certificate has such URIs
+they must all name the CN, or the certificate identifies nobody. The broker admits a connection only
+when this identity equals the MQTT username (which is also the client id), and the password is valid.
+
+Keys are ECDSA P-256. Private keys are written with mode 0600, certificates 0644, atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import os
+import secrets
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .errors import PrintfleetError
+
+__all__ = [
+    "CLIENT_URI_PREFIX",
+    "CertPair",
+    "LocalCA",
+    "TlsError",
+    "TlsFiles",
+    "certificate_identity",
+    "client_context",
+    "ensure_local_ca",
+    "peer_identity",
+    "server_context",
+]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: SAN URI prefix naming the MQTT client id in a client certificate.
+CLIENT_URI_PREFIX = "urn:printfleet:client:"
+
+CA_VALIDITY = dt.timedelta(days=3650)
+#: Leaf certificates: 825 days, the longest validity common TLS clients accept.
+LEAF_VALIDITY = dt.timedelta(days=825)
+#: :func:`ensure_local_ca` re-issues a server certificate that expires sooner than this.
+RENEW_BEFORE = dt.timedelta(days=30)
+#: Loopback names every server certificate from :meth:`LocalCA.issue_server` carries by default.
+LOOPBACK_HOSTNAMES = ("localhost",)
+LOOPBACK_IPS = ("127.0.0.1", "::1")
+#: Tolerance for clocks slightly behind the issuer's: certificates start this long before "now".
+_BACKDATE = dt.timedelta(minutes=5)
+
+
+class TlsError(PrintfleetError):
+    """A certificate or key could not be created, loaded or used; ``path`` names the file if any."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CertPair(NamedTuple):
+    """A PEM certificate and its PEM (PKCS#8, unencrypted) private key."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+    def write(self, certfile: Path, keyfile: Path) -> None:
+        """Write both files (the key with mode 0600), each atomically; parent folders are created."""
+        _write(keyfile, self.key_pem, secret=True)
+        _write(certfile, self.cert_pem, secret=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsFiles:
+    """The files of a TLS directory, as :func:`ensure_local_ca` leaves it."""
+
+    directory: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+
+    @classmethod
+    def in_directory(cls, directory: Path) -> TlsFiles:
+        """The standard file names inside ``directory`` (whether or not they exist)."""
+        return cls(
+            directory=directory,
+            ca_cert=directory / "ca.pem",
+            ca_key=directory / "ca.key",
+            server_cert=directory / "server.pem",
+            server_key=directory / "server.key",
+        )
+
+
+class LocalCA:
+    """A small certificate authority for one fleet: issues the broker's and the clients' certificates.
+
+    ``LocalCA.create()`` makes a new one (nothing is written until :meth:`save`); ``LocalCA.load(dir)``
+    reads ``ca.pem`` and ``ca.key`` from a directory.
+    """
+
+    def __init__(self, *, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        if cert.public_key() != key.public_key():
+            raise TlsError("the CA certificate does not belong to the CA key")
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.ca:
+            raise TlsError("the CA certificate is not a CA (basicConstraints CA=true is missing)")
+        self._cert = cert
+        self._key = key
+
+    # -- creating and loading -----------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        common_name: str | None = None,
+        *,
+        validity: dt.timedelta = CA_VALIDITY,
+        now: dt.datetime | None = None,
+    ) -> LocalCA:
+        """A new CA: ECDSA P-256, ``validity`` long (10 years), basicConstraints CA=true, keyCertSign.
+
+        The default name, ``printfleet local CA <8 hex digits>``, differs from fleet to fleet, so a
+        client trusting two fleets' CAs never confuses their certificates while building a chain.
+        """
+        if common_name is None:
+            common_name = f"printfleet local CA {secrets.token_hex(4)}"
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = (now or _utcnow()) - _BACKDATE
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "printfleet"),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            ]
+        )
+        public = key.public_key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + validity)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert=cert, key=key)
+
+    @classmethod
+    def load(cls, directory: Path) -> LocalCA:
+        """Read ``ca.pem`` and ``ca.key`` from ``directory``."""
+        files = TlsFiles.in_directory(directory)
+        return cls.from_files(files.ca_cert, files.ca_key)
+
+    @classmethod
+    def from_files(cls, certfile: Path, keyfile: Path) -> LocalCA:
+        cert = _load_cert(certfile)
+        try:
+            key = serialization.load_pem_private_key(_read(keyfile), password=None)
+        except (ValueError, TypeError) as exc:
+            raise TlsError(f"{keyfile} is not an unencrypted PEM private key: {exc}", path=keyfile) from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TlsError(f"{keyfile} is not an ECDSA key", path=keyfile)
+        return cls(cert=cert, key=key)
+
+    def save(self, directory: Path) -> TlsFiles:
+        """Write ``ca.pem`` (0644) and ``ca.key`` (0600) into ``directory`` (created 0700 if missing)."""
+        files = TlsFiles.in_directory(directory)
+        _mkdir(directory)
+        _write(files.ca_key, _key_pem(self._key), secret=True)
+        _write(files.ca_cert, self.cert_pem, secret=False)
+        return files
+
+    # -- what it offers -------------------------------------------------------------------------
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._cert
+
+    @property
+    def cert_pem(self) -> bytes:
+        """The CA certificate: what every client and the broker trust (``ca.pem``)."""
+        return self._cert.public_bytes(serialization.Encoding.PEM)
+
+    def issued(self, cert: x509.Certificate) -> bool:
+        """True when ``cert`` carries this CA's valid signature."""
+        if cert.issuer != self._cert.subject:
+            return False
+        try:
+            cert.verify_directly_issued_by(self._cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    def issue_server(
+        self,
+        hostnames: Sequence[str] = (),
+        ips: Sequence[str] = (),
+        *,
+        loopback: bool = True,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> CertPair:
+        """A broker certificate (serverAuth) for these DNS names and IP addresses.
+
+        With ``loopback`` (the default) ``localhost``, ``127.0.0.1`` and ``::1`` are added. The
+        validity is :data:`LEAF_VALIDITY` from now unless ``not_before``/``not_after`` say otherwise
+        (tests use a past window).
+        """
+        dns = _unique([*(LOOPBACK_HOSTNAMES if loopback else ()), *hostnames])
+        try:
+            addresses = _unique(
+                [ipaddress.ip_address(a) for a in (*(LOOPBACK_IPS if loopback else ()), *ips)]
+            )
+        except ValueError as exc:
+            raise TlsError(f"not an IP address: {exc}") from exc
+        if not dns and not addresses:
+            raise TlsError("a server certificate needs at least one hostname or IP address")
+        for name in dns:
+            _check_dns_name(name)
+        san: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
+        san += [x509.IPAddress(a) for a in addresses]
+        common_name = dns[0] if dns else str(addresses[0])
+        return self._issue(
+            common_name=common_name,
+            san=san,
+            usage=ExtendedKeyUsageOID.SERVER_AUTH,
+            key_encipherment=True,
+            not_before=not_before,
+            not_after=not_after,
+        )
+
+    def issue_client(
+        self,
+        common_name: str,
+        *,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> CertPair:
+        """A client certificate (clientAuth) whose identity is the MQTT client id ``common_name``.
+
+        The id is the subject CN and a SAN URI ``urn:printfleet:client:<id>`` (see the module's
+        identity rule).
+        """
+        if not common_name or len(common_name) > 64 or not common_name.isascii():
+            raise TlsError(f"client id {common_name!r} cannot be a certificate identity (1-64 ASCII)")
+        if any(c.isspace() or c in "/:" for c in common_name):
+            raise TlsError(f"client id {common_name!r} contains whitespace, '/' or ':'")
+        return self._issue(
+            common_name=common_name,
+            san=[x509.UniformResourceIdentifier(CLIENT_URI_PREFIX + common_name)],
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            key_encipherment=False,
+            not_before=not_before,
+            not_after=not_after,
+        )
+
+    def _issue(
+        self,
+        *,
+        common_name: str,
+        san: list[x509.GeneralName],
+        usage: x509.ObjectIdentifier,
+        key_encipherment: bool,
+        not_before: dt.datetime | None,
+        not_after: dt.datetime | None,
+    ) -> CertPair:
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = not_before or (_utcnow() - _BACKDATE)
+        end = not_after or (start + LEAF_VALIDITY)
+        if end <= start:
+            raise TlsError("not_after must be later than not_before")
+        public = key.public_key()
+        ca_ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self._cert.subject)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=key_encipherment,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return CertPair(cert_pem=cert.public_bytes(serialization.Encoding.PEM), key_pem=_key_pem(key))
+
+
+# ----------------------------------------------------------------------------------------------
+# The TLS directory of `printfleet up --tls`.
+
+
+def ensure_local_ca(
+    directory: Path,
+    *,
+    hostnames: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    now: dt.datetime | None = None,
+) -> TlsFiles:
+    """Make ``directory`` hold ``ca.pem``, ``ca.key``, ``server.pem`` and ``server.key``; idempotent.
+
+    * No ``ca.pem`` and no ``ca.key``: a new :class:`LocalCA` is created.
+    * ``server.pem``/``server.key`` are (re-)issued by the CA when missing, not issued by this CA,
+      expiring within :data:`RENEW_BEFORE`, or lacking one of ``hostnames``/``ips`` (plus the
+      loopback names). Running it again is how the server certificate is rotated.
+    * A directory with ``ca.pem``, ``server.pem`` and ``server.key`` but no ``ca.key`` (a CA kept
+      elsewhere) is used as it is, as long as the server certificate needs no renewal.
+
+    Raises :class:`TlsError` when the files are inconsistent (a key without its certificate, a server
+    certificate that needs issuing but no CA key).
+    """
+    files = TlsFiles.in_directory(directory)
+    _mkdir(directory)
+    has_cert, has_key = files.ca_cert.exists(), files.ca_key.exists()
+    if has_key and not has_cert:
+        raise TlsError(f"{files.ca_key} exists without {files.ca_cert}", path=files.ca_cert)
+    if not has_cert:
+        LocalCA.create(now=now).save(directory)
+        logger.info("created a local certificate authority in %s", directory)
+    reason = _server_renewal_reason(files, hostnames, ips, now or _utcnow())
+    if reason is None:
+        return files
+    if not files.ca_key.exists():
+        raise TlsError(
+            f"the server certificate in {directory} must be issued ({reason}) but {files.ca_key} is missing",
+            path=files.ca_key,
+        )
+    ca = LocalCA.load(directory)
+    ca.issue_server(hostnames, ips).write(files.server_cert, files.server_key)
+    logger.info("issued the broker's server certificate in %s (%s)", directory, reason)
+    return files
+
+
+def _server_renewal_reason(
+    files: TlsFiles, hostnames: Sequence[str], ips: Sequence[str], now: dt.datetime
+) -> str | None:
+    if not files.server_cert.exists() or not files.server_key.exists():
+        return "missing"
+    cert = _load_cert(files.server_cert)
+    ca_cert = _load_cert(files.ca_cert)
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return "not issued by ca.pem"
+    if cert.not_valid_after_utc - RENEW_BEFORE <= now:
+        return "expires soon"
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "no subjectAltName"
+    have_dns = {n.lower() for n in san.get_values_for_type(x509.DNSName)}
+    have_ips = set(san.get_values_for_type(x509.IPAddress))
+    want_dns = {n.lower() for n in (*LOOPBACK_HOSTNAMES, *hostnames)}
+    try:
+        want_ips = {ipaddress.ip_address(a) for a in (*LOOPBACK_IPS, *ips)}
+    except ValueError as exc:
+        raise TlsError(f"not an IP address: {exc}") from exc
+    if not want_dns <= have_dns or not want_ips <= have_ips:
+        return "new hostnames or addresses"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# SSL contexts and the peer's identity.
+
+
+def server_context(
+    certfile: Path, keyfile: Path, cafile: Path | None = None, require_client_cert: bool = False
+) -> ssl.SSLContext:
+    """The broker's side: TLS 1.2 minimum; with ``require_client_cert``, mutual TLS against ``cafile``.
+
+    A client without a certificate, or with one that does not chain to ``cafile``, is expired,
+    not yet valid or not for clientAuth, then fails the handshake.
+    """
+    if require_client_cert and cafile is None:
+        raise TlsError("require_client_cert needs a cafile")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(certfile, keyfile)
+        if cafile is not None:
+            ctx.load_verify_locations(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot load the TLS files {certfile}, {keyfile}, {cafile}: {exc}") from exc
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+    return ctx
+
+
+def client_context(cafile: Path, certfile: Path | None = None, keyfile: Path | None = None) -> ssl.SSLContext:
+    """A client's side: TLS 1.2 minimum, the broker verified against ``cafile`` only, hostname checked.
+
+    ``certfile``/``keyfile`` add a client certificate (mutual TLS). Pass the result as aiomqtt's
+    ``tls_context=``.
+    """
+    if (certfile is None) != (keyfile is None):
+        raise TlsError("a client certificate needs both certfile and keyfile")
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+        if certfile is not None and keyfile is not None:
+            ctx.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot load the TLS files {cafile}, {certfile}, {keyfile}: {exc}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class SSLPeer(Protocol):
+    """What :func:`peer_identity` needs: ``ssl.SSLObject`` and ``ssl.SSLSocket`` both qualify."""
+
+    def getpeercert(self, binary_form: bool = False) -> Any: ...
+
+
+def peer_identity(ssl_object: SSLPeer | None) -> str | None:
+    """The client id of a connection's *verified* client certificate, or None.
+
+    None when there is no TLS, no certificate, the certificate was not verified (the context did not
+    require one) or it breaks the identity rule (see the module docstring).
+    """
+    if ssl_object is None:
+        return None
+    # The dict form is empty unless the certificate was verified by the handshake.
+    if not ssl_object.getpeercert():
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return certificate_identity(x509.load_der_x509_certificate(der))
+
+
+def certificate_identity(cert: x509.Certificate) -> str | None:
+    """The identity a client certificate claims (the rule in the module docstring), or None."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1 or not isinstance(names[0].value, str) or not names[0].value:
+        return None
+    common_name = names[0].value
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return common_name
+    uris = [
+        u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(CLIENT_URI_PREFIX)
+    ]
+    if any(u != CLIENT_URI_PREFIX + common_name for u in uris):
+        return None
+    return common_name
+
+
+# ----------------------------------------------------------------------------------------------
+# Files.
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _unique(items: Sequence[_T]) -> list[_T]:
+    return list(dict.fromkeys(items))
+
+
+def _check_dns_name(name: str) -> None:
+    labels = name.rstrip(".").split(".")
+    if not name or not all(0 < len(label) <= 63 for label in labels) or not name.isascii():
+        raise TlsError(f"{name!r} is not a DNS name")
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TlsError(f"cannot read {path}: {exc}", path=path) from exc
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(_read(path))
+    except ValueError as exc:
+        raise TlsError(f"{path} is not a PEM certificate: {exc}", path=path) from exc
+
+
+def _mkdir(directory: Path) -> None:
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TlsError(f"cannot create {directory}: {exc}", path=directory) from exc
+
+
+def _write(path: Path, data: bytes, *, secret: bool) -> None:
+    """Write atomically; a secret is never readable by others, not even for a moment."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o600 if secret else 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise TlsError(f"cannot write {path}: {exc}", path=path) from exc
