@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud.audit import Audit, audit_view
 from cloud.controller import Controller
 from cloud.errors import ControllerError
 from cloud.jobs import JobStore, Submission, job_view
@@ -34,9 +35,10 @@ class ApiContext:
     controller: Controller
     agent_config: Callable[[str, str], dict[str, Any]]
     health: Callable[[], Awaitable[dict[str, Any]]]
+    audit: Audit
 
 
-class DeviceIn(BaseModel):
+class PrinterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     serial_url: str
@@ -45,8 +47,25 @@ class DeviceIn(BaseModel):
     flow_control: Literal["none", "rtscts", "xonxoff"] = "none"
 
 
-class PrinterIn(DeviceIn):
+class DeviceIn(PrinterBody):
+    #: Issue a one-time enrolment token instead of returning the agent config.
+    enroll: bool = False
+    enroll_ttl: float = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+
+
+class PrinterIn(PrinterBody):
     device: str
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    scope: Literal["admin", "print", "read"]
+
+
+class EnrollIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=8, max_length=128)
 
 
 class JobIn(BaseModel):
@@ -76,18 +95,35 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return JSONResponse({"error": f"{loc}: {first.get('msg', 'invalid request')}"}, status_code=422)
 
     @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+    async def _limit_and_audit(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+        response = await call_next(request)
+        # every change, and every refused request, is recorded with who asked
+        if request.method != "GET" or response.status_code in (401, 403):
+            actor = getattr(request.state, "actor", None) or "anonymous"
+            outcome = (
+                "ok"
+                if response.status_code < 400
+                else ("denied" if response.status_code in (401, 403) else "error")
+            )
+            await ctx.audit.record(
+                f"api:{actor}",
+                f"{request.method} {request.url.path}",
+                request.client.host if request.client else None,
+                outcome=outcome,
+                detail=f"HTTP {response.status_code}",
+            )
+        return response
 
-    async def token(authorization: Annotated[str | None, Header()] = None) -> ApiToken:
+    async def token(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiToken:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ControllerError("missing bearer token", status=401)
         row = await ctx.registry.check_token(authorization[7:].strip())
         if row is None:
             raise ControllerError("invalid or revoked token", status=401)
+        request.state.actor = row.name
         return row
 
     def need(scope: str) -> Callable[[ApiToken], Awaitable[ApiToken]]:
@@ -132,10 +168,48 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 flow_control=body.flow_control,
             ),
         )
+        if body.enroll:
+            token, expires = await ctx.registry.create_enrollment(device.name, body.enroll_ttl)
+            return {
+                "device": device_view(device, wire.now_ms()),
+                "enrollment_token": token,
+                "expires_at": expires,
+            }
         return {
             "device": device_view(device, wire.now_ms()),
             "agent_config": ctx.agent_config(device.name, secret),
         }
+
+    @app.post("/v1/devices/{name}/enrollment", status_code=201)
+    async def new_enrollment(
+        name: str, _t: Admin, ttl: Annotated[float, Query(ge=60, le=30 * 24 * 3600)] = 86400
+    ) -> dict[str, Any]:
+        token, expires = await ctx.registry.create_enrollment(name, ttl)
+        return {"device": name, "enrollment_token": token, "expires_at": expires}
+
+    @app.post("/v1/enroll")
+    async def enroll(body: EnrollIn, request: Request) -> dict[str, Any]:
+        """No bearer token: the one-time enrolment token is the credential."""
+        device, secret = await ctx.registry.redeem_enrollment(body.token)
+        request.state.actor = f"enroll:{device}"
+        return {"device": device, "agent_config": ctx.agent_config(device, secret)}
+
+    @app.post("/v1/devices/{name}/disable")
+    async def disable_device(name: str, _t: Admin) -> dict[str, Any]:
+        device = await ctx.registry.set_enabled(name, False)
+        await ctx.controller.device_disabled(name)
+        return device_view(device, wire.now_ms())
+
+    @app.post("/v1/devices/{name}/enable")
+    async def enable_device(name: str, _t: Admin) -> dict[str, Any]:
+        return device_view(await ctx.registry.set_enabled(name, True), wire.now_ms())
+
+    @app.post("/v1/devices/{name}/rotate")
+    async def rotate_device(name: str, _t: Admin) -> dict[str, Any]:
+        """New credentials for a device; its queued work stays queued for it."""
+        secret = await ctx.registry.rotate_secret(name)
+        await ctx.controller.device_disabled(name)  # drop the session that used the old secret
+        return {"device": name, "agent_config": ctx.agent_config(name, secret)}
 
     @app.delete("/v1/devices/{name}")
     async def remove_device(name: str, _t: Admin) -> dict[str, Any]:
@@ -271,6 +345,40 @@ def create_app(ctx: ApiContext) -> FastAPI:
         job = await ctx.jobs.reprint(job_id, tok.name)
         ctx.controller.wake_outbox()
         return job_view(job, events=True)
+
+    # -- tokens and audit ---------------------------------------------------------------------
+
+    @app.get("/v1/tokens")
+    async def list_tokens(_t: Admin) -> list[dict[str, Any]]:
+        return [
+            {"name": t.name, "scope": t.scope, "created_at": t.created_at, "revoked_at": t.revoked_at}
+            for t in await ctx.registry.list_tokens()
+        ]
+
+    @app.post("/v1/tokens", status_code=201)
+    async def create_token(body: TokenIn, _t: Admin) -> dict[str, Any]:
+        token = await ctx.registry.create_token(body.name, body.scope)
+        return {"name": body.name, "scope": body.scope, "token": token}
+
+    @app.delete("/v1/tokens/{name}")
+    async def revoke_token(name: str, tok: Admin) -> dict[str, Any]:
+        if name == tok.name:
+            raise ControllerError("a token cannot revoke itself", status=409)
+        await ctx.registry.revoke_token(name)
+        return {"revoked": name}
+
+    @app.get("/v1/audit")
+    async def audit(
+        _t: Admin,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        actor: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return [
+            audit_view(e)
+            for e in await ctx.audit.list(limit=limit, actor=actor, action=action, outcome=outcome)
+        ]
 
     @app.get("/v1/events")
     async def events(_t: Read, printer: str | None = None) -> StreamingResponse:

@@ -143,4 +143,6 @@ class ControllerConfig:
     #: How long an agent may hold the right to print a job without hearing from the controller.
     lease_s: float = 24 * 3600.0
     idempotency_keep_s: float = 48 * 3600.0
+    #: How long an instruction (envelope) stays valid; a later delivery is refused as stale.
+    instruction_ttl_s: float = 600.0
     extra: dict[str, Any] = field(default_factory=dict)

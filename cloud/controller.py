@@ -17,6 +17,7 @@ from typing import Any
 
 import aiomqtt
 
+from cloud.audit import Audit
 from cloud.config import ControllerConfig
 from cloud.jobs import QUEUED_ONLY, JobStore
 from cloud.models import Job
@@ -51,6 +52,7 @@ class Controller:
         secret: str,
         session_number: int,
         on_kick: Callable[[str], Awaitable[object]] | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -68,6 +70,7 @@ class Controller:
         self.connected = asyncio.Event()
         self.state = LinkState.DISCONNECTED
         self._on_kick = on_kick
+        self._audit = audit
         self.last_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -134,12 +137,17 @@ class Controller:
             self.key
         )
 
-    async def send(self, peer: wire.Peer, body: wire.Body, *, exp: int | None = None) -> bool:
+    def _instruction(self, body: wire.Body, dst: wire.Peer) -> wire.Envelope:
+        """An instruction: addressed, sequenced, signed, and valid for a bounded time only."""
+        exp = wire.now_ms() + int(self.config.instruction_ttl_s * 1000)
+        return self._envelope(body, dst, exp)
+
+    async def send(self, peer: wire.Peer, body: wire.Body) -> bool:
         """Publish a signed instruction to a peer; False if the broker is not reachable now."""
         client = self._client
         if client is None:
             return False
-        env = self._envelope(body, peer, exp)
+        env = self._instruction(body, peer)
         try:
             await client.publish(peer.topic(wire.Channel.DOWN), env.encode(), qos=1)
         except aiomqtt.MqttError as exc:
@@ -169,10 +177,12 @@ class Controller:
             peer, channel = wire.parse_topic(topic)
             env = wire.decode(payload)
         except wire.WireError as exc:
-            log.warning("dropped a message on %s: %s", topic, exc)
+            await self.security(f"topic:{topic}", "message.invalid", topic, str(exc))
             return
         if env.src != peer.client_id:
-            log.warning("dropped a message on %s claiming to come from %s", topic, env.src)
+            await self.security(
+                peer.client_id, "message.spoofed", env.src, f"on {topic} claiming src {env.src}"
+            )
             return
         allowed = wire.PRESENCE_TYPES if channel is wire.Channel.PRESENCE else wire.UPSTREAM_TYPES
         if env.type not in allowed or channel is wire.Channel.DOWN:
@@ -220,7 +230,9 @@ class Controller:
                 self.wake_outbox()
             case wire.MsgType.REFUSED:
                 refused: wire.Refused = env.parsed(wire.Refused)
-                log.warning("device %s refused message %s: %s", name, refused.message_id, refused.reason)
+                await self.security(
+                    peer.client_id, "instruction.refused", refused.message_id or None, refused.reason
+                )
             case _:
                 log.warning("unexpected %s from %s", env.type, peer)
 
@@ -234,9 +246,15 @@ class Controller:
             job = await self.jobs.get(report.job_id)
         except Exception:
             job = None
+        device = await self.registry.get_device(peer.name)
+        if not device.enabled:
+            await self.security(
+                peer.client_id, "report.disabled", report.job_id, "report from a disabled device"
+            )
+            return
         if job is not None and job.device_name != peer.name:
-            log.warning(
-                "device %s reported on job %s of device %s: refused", peer.name, job.id, job.device_name
+            await self.security(
+                peer.client_id, "report.forged", job.id, f"report on a job of device {job.device_name}"
             )
             job = None  # acknowledged below (so the agent stops resending) but never applied
         if job is not None:
@@ -294,7 +312,7 @@ class Controller:
                 lease_until=lease_until,
                 attempt=attempt,
             )
-            sent = await self.send(peer, body, exp=job.expires_at)
+            sent = await self.send(peer, body)
         if sent:
             await self.jobs.mark_dispatched(
                 job.id,
@@ -368,6 +386,18 @@ class Controller:
                     detail="printer removed while its agent held the job",
                     source="controller",
                 )
+
+    async def security(self, actor: str, action: str, target: str | None, detail: str) -> None:
+        """Record a refusal that matters for security in the audit log."""
+        if self._audit is not None:
+            await self._audit.record(actor, action, target, outcome="refused", detail=detail)
+        else:
+            log.warning("%s %s %s refused: %s", actor, action, target, detail)
+
+    async def device_disabled(self, device: str) -> None:
+        """Cut a device's live session at once (the broker refuses its credentials from now on)."""
+        if self._on_kick is not None:
+            await self._on_kick(_device_peer(device).client_id)
 
     async def device_removed(self, device: str, printers: list[str]) -> None:
         await self.printers_removed(printers)

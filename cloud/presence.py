@@ -40,7 +40,7 @@ class Presence:
         now = wire.now_ms()
         async with self._sessions.begin() as s:
             device = await self._device(s, name)
-            if device is None:
+            if device is None or not device.enabled:
                 return None
             if birth.session < device.session:
                 log.info(
@@ -88,7 +88,7 @@ class Presence:
         now = wire.now_ms()
         async with self._sessions.begin() as s:
             device = await self._device(s, name)
-            if device is None:
+            if device is None or not device.enabled:
                 return None
             if hb.session < device.session:
                 return None

@@ -17,7 +17,7 @@ from sqlalchemy.orm import selectinload
 from broker import Credential
 from broker.passwords import generate_secret, hash_password, verify_password
 from cloud.errors import Conflict, ControllerError, NotFound
-from cloud.models import ApiToken, Device, Printer, Setting
+from cloud.models import ApiToken, Device, EnrollmentToken, Printer, Setting
 from printfleet import wire
 from printfleet.escpos.profiles import PROFILE_NAMES, get_profile
 
@@ -131,6 +131,63 @@ class Registry:
             device.secret_hash = hash_password(secret)
         return secret
 
+    async def set_enabled(self, name: str, enabled: bool) -> Device:
+        """Disable (credentials refused, nothing sent; queued work kept) or enable a device."""
+        async with self._sessions.begin() as s:
+            device = await self._device(s, name)
+            device.enabled = enabled
+            if not enabled:
+                device.online = False
+                device.offline_reason = "disabled"
+        return await self.get_device(name)
+
+    async def create_enrollment(self, name: str, ttl_s: float) -> tuple[str, int]:
+        """A one-time token for a registered device; returns (token, expires_at)."""
+        if not 60 <= ttl_s <= 30 * 24 * 3600:
+            raise ControllerError("enrolment token lifetime must be between 60 s and 30 days")
+        token = "pfe_" + secrets.token_urlsafe(32)
+        now = wire.now_ms()
+        expires = now + int(ttl_s * 1000)
+        async with self._sessions.begin() as s:
+            await self._device(s, name)
+            s.add(
+                EnrollmentToken(
+                    token_hash=hash_token(token), device_name=name, created_at=now, expires_at=expires
+                )
+            )
+        return token, expires
+
+    async def redeem_enrollment(self, token: str) -> tuple[str, str]:
+        """Exchange a token (once, before it expires) for the device's new secret: (device, secret)."""
+        now = wire.now_ms()
+        secret = generate_secret()
+        async with self._sessions.begin() as s:
+            row = await s.scalar(
+                select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(token))
+            )
+            if row is None:
+                raise ControllerError("unknown enrolment token", status=403)
+            if row.used_at is not None:
+                raise ControllerError("enrolment token already used", status=403)
+            if now > row.expires_at:
+                raise ControllerError("enrolment token expired", status=403)
+            row.used_at = now
+            device = await self._device(s, row.device_name)
+            device.secret_hash = hash_password(secret)
+            return device.name, secret
+
+    async def list_tokens(self) -> Sequence[ApiToken]:
+        async with self._sessions() as s:
+            return (await s.scalars(select(ApiToken).order_by(ApiToken.name))).all()
+
+    async def revoke_token(self, name: str) -> None:
+        async with self._sessions.begin() as s:
+            row = await s.scalar(select(ApiToken).where(ApiToken.name == name))
+            if row is None:
+                raise NotFound(f"no token named {name!r}")
+            if row.revoked_at is None:
+                row.revoked_at = wire.now_ms()
+
     async def remove_device(self, name: str) -> list[str]:
         """Remove a host and its printers; returns the printers' names (their open jobs are the caller's)."""
         async with self._sessions.begin() as s:
@@ -240,6 +297,8 @@ class Registry:
     # -- tokens -------------------------------------------------------------------------------
 
     async def create_token(self, name: str, scope: str) -> str:
+        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+            raise ControllerError("invalid token name: use letters, digits, '-' or '_' (at most 64)")
         if scope not in SCOPES:
             raise ControllerError(f"invalid scope {scope!r}; use one of {', '.join(SCOPES)}")
         token = "pft_" + secrets.token_urlsafe(32)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker import EmbeddedBroker, ListenerSpec
 from cloud import db
 from cloud.api import ApiContext, create_app
+from cloud.audit import Audit
 from cloud.config import ControllerConfig, DataDir, parse_mqtt_url, write_private
 from cloud.controller import Controller
 from cloud.errors import ControllerError
@@ -88,6 +89,7 @@ class ControllerService:
             self.registry = Registry(sessions)
             self.jobs = JobStore(sessions, JobFeed())
             presence = Presence(sessions, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
+            self.audit = Audit(sessions)
             self.signing_key = load_or_create_signing_key(cfg.data_dir)
             self.admin_token = cfg.data_dir.read_or_create_secret(cfg.data_dir.admin_token_path)
             await self.registry.ensure_admin_token(self.admin_token)
@@ -119,6 +121,7 @@ class ControllerService:
                 secret=secret,
                 session_number=session_number,
                 on_kick=self.broker.kick if self.broker else None,
+                audit=self.audit,
             )
             ctl_task = asyncio.create_task(self.controller.run(), name="controller")
             self._tasks.append(ctl_task)
@@ -130,6 +133,7 @@ class ControllerService:
                     controller=self.controller,
                     agent_config=self.agent_config,
                     health=self.health,
+                    audit=self.audit,
                 )
             )
             server = _Server(

@@ -52,6 +52,7 @@ class Agent:
         self._hb_now = asyncio.Event()
         self._report_sent: dict[str, float] = {}
         self._controller_session: int | None = None
+        self._guards: dict[str, wire.ReplayGuard] = {}
         self.online = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
 
@@ -237,10 +238,33 @@ class Agent:
         if env.type not in wire.DOWNSTREAM_TYPES:
             await self._refuse(payload, f"unexpected {env.type}", env.id)
             return
+        if not await self._fresh(env):
+            await self._refuse(payload, f"replayed instruction (seq {env.seq})", env.id)
+            return
+        # The clock is learnt from heartbeat acks, so they cannot be judged on it; every other
+        # instruction must still be valid on the controller's clock.
+        if env.type is not wire.MsgType.HEARTBEAT_ACK and (env.exp is None or env.expired(self.ctl_now())):
+            await self._refuse(
+                payload, "expired instruction" if env.exp else "instruction without expiry", env.id
+            )
+            return
         try:
             await self._dispatch(env)
         except wire.WireError as exc:
             await self._refuse(payload, str(exc), env.id)
+
+    async def _fresh(self, env: wire.Envelope) -> bool:
+        """Each sequence number of the controller is acted on once, across restarts (replay guard)."""
+        guard = self._guards.get(env.src)
+        if guard is None:
+            floor = await self.journal.get_kv(f"seq_floor:{env.src}")
+            guard = self._guards[env.src] = wire.ReplayGuard(int(floor) if floor else 0)
+        before = guard.max_seq
+        if not guard.accept(env.seq):
+            return False
+        if guard.max_seq != before:
+            await self.journal.set_kv(f"seq_floor:{env.src}", str(guard.max_seq))
+        return True
 
     async def _refuse(self, _payload: bytes | bytearray, reason: str, message_id: str = "") -> None:
         await self._publish(wire.Channel.UP, wire.Refused(message_id=message_id[:64], reason=reason[:200]))

@@ -654,6 +654,7 @@ class PrinterLink:
             # Poll DLE EOT every hold_poll_interval; an ASB block or the barrier ends the wait early.
             await self._wait_barrier_or_asb(barrier, self.hold_poll_interval)
             if barrier is not None and barrier.done():
+                barrier.result()  # raises PrinterLinkError when the link failed: not resumed
                 break
             status = await self._read_status()
         ctx.held_reason = None

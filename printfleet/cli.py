@@ -189,18 +189,32 @@ def devices_add(
     profile: Annotated[str, typer.Option(help="Printer profile (see docs/documents.md).")] = "generic-80",
     flow_control: Annotated[str, typer.Option(help="none, rtscts or xonxoff.")] = "none",
     out_path: Annotated[Path | None, typer.Option("--out", help="Where to write the agent config.")] = None,
+    enroll: Annotated[
+        bool, typer.Option("--enroll", help="Issue a one-time enrolment token instead of writing a config.")
+    ] = False,
+    enroll_ttl: Annotated[float, typer.Option(help="Enrolment token lifetime in seconds.")] = 86400.0,
 ) -> None:
     """Register a printer host with one printer (named like the host) and write its agent config."""
-    target = out_path or Path(f"{name}.agent.toml")
-    if target.exists():
-        fail(f"{target} already exists; choose another --out")
-    body = {
+    body: dict[str, Any] = {
         "name": name,
         "serial_url": serial,
         "baud": baud,
         "profile": profile,
         "flow_control": flow_control,
     }
+    if enroll:
+        result = call("POST", "/v1/devices", json={**body, "enroll": True, "enroll_ttl": enroll_ttl})
+        out.print(
+            f"registered device {name}; one-time enrolment token (expires {_ts(result['expires_at'])}):"
+        )
+        out.print(result["enrollment_token"], markup=False)
+        out.print(
+            f"on the host: printfleet agent enroll --server URL --enrollment-token TOKEN --out {name}.toml"
+        )
+        return
+    target = out_path or Path(f"{name}.agent.toml")
+    if target.exists():
+        fail(f"{target} already exists; choose another --out")
     result = call("POST", "/v1/devices", json=body)
     try:
         _write_agent_config(target, result["agent_config"], name)
@@ -216,6 +230,35 @@ def devices_remove(name: str) -> None:
     """Remove a host and its printers (their unfinished jobs are cancelled)."""
     result = call("DELETE", f"/v1/devices/{name}")
     out.print(f"removed device {name} (printers: {', '.join(result['printers'])})")
+
+
+@devices_app.command("disable")
+def devices_disable(name: str) -> None:
+    """Cut a device off now: session dropped, credentials refused, its queued work kept undelivered."""
+    call("POST", f"/v1/devices/{name}/disable")
+    out.print(f"device {name} disabled")
+
+
+@devices_app.command("enable")
+def devices_enable(name: str) -> None:
+    """Let a disabled device connect again; its queued work is delivered."""
+    call("POST", f"/v1/devices/{name}/enable")
+    out.print(f"device {name} enabled")
+
+
+@devices_app.command("rotate")
+def devices_rotate(
+    name: str,
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write the new agent config.")],
+) -> None:
+    """Issue new credentials for a device (the old ones stop working); queued work is kept."""
+    if out_path.exists():
+        fail(f"{out_path} already exists; choose another --out")
+    result = call("POST", f"/v1/devices/{name}/rotate")
+    _write_agent_config(out_path, result["agent_config"], name)
+    out.print(
+        f"new credentials for {name} written to {out_path}; install it on the host and restart the agent"
+    )
 
 
 @devices_app.command("list")
@@ -479,6 +522,101 @@ async def _run_until_signal(coro: Any) -> None:
         sig.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+@agent_app.command("enroll")
+def agent_enroll(
+    server: Annotated[str, typer.Option("--server", help="The controller's HTTP address.")],
+    enrollment_token: Annotated[
+        str, typer.Option("--enrollment-token", help="The one-time token from devices add --enroll.")
+    ],
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write the agent config.")] = Path(
+        "agent.toml"
+    ),
+) -> None:
+    """Obtain this host's own credentials with a one-time enrolment token and write the agent config."""
+    import httpx
+
+    if out_path.exists():
+        fail(f"{out_path} already exists; choose another --out")
+    try:
+        resp = httpx.post(f"{server.rstrip('/')}/v1/enroll", json={"token": enrollment_token}, timeout=30)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the controller at {server}: {exc}")
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("error", resp.text)
+        except ValueError:
+            message = resp.text
+        fail(str(message))
+    result = resp.json()
+    try:
+        _write_agent_config(out_path, result["agent_config"], result["device"])
+    except (OSError, PrintfleetError) as exc:
+        fail(f"could not write {out_path}: {exc}")
+    out.print(f"enrolled as device {result['device']}; config written to {out_path}")
+    out.print(f"start the agent: printfleet agent run --config {out_path}")
+
+
+tokens_app = typer.Typer(no_args_is_help=True, help="Operator API tokens (admin, print, read).")
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: str,
+    scope: Annotated[
+        str, typer.Option(help="admin, print (submit and follow jobs) or read (look only).")
+    ] = "print",
+) -> None:
+    """Create a scoped API token; it is shown once."""
+    result = call("POST", "/v1/tokens", json={"name": name, "scope": scope})
+    out.print(f"token {name} ({scope}); keep it secret, it is not shown again:")
+    out.print(result["token"], markup=False)
+
+
+@tokens_app.command("list")
+def tokens_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """API tokens and their scopes (never their values)."""
+    tokens = call("GET", "/v1/tokens")
+    if as_json:
+        emit_json(tokens)
+        return
+    table = Table("name", "scope", "created", "revoked")
+    for t in tokens:
+        table.add_row(t["name"], t["scope"], _ts(t["created_at"]), _ts(t["revoked_at"]))
+    out.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: str) -> None:
+    """Revoke a token at once."""
+    call("DELETE", f"/v1/tokens/{name}")
+    out.print(f"token {name} revoked")
+
+
+@app.command("audit")
+def audit_cmd(
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    actor: Annotated[str | None, typer.Option()] = None,
+    action: Annotated[str | None, typer.Option()] = None,
+    outcome: Annotated[str | None, typer.Option(help="ok, error, denied or refused.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The controller's audit log: who asked for what, and every refusal."""
+    params = {
+        k: v for k, v in {"limit": limit, "actor": actor, "action": action, "outcome": outcome}.items() if v
+    }
+    events = call("GET", "/v1/audit", params=params)
+    if as_json:
+        emit_json(events)
+        return
+    table = Table("time", "actor", "action", "target", "outcome", "detail")
+    for e in events:
+        table.add_row(
+            _ts(e["at"]), e["actor"], e["action"], e["target"] or "", e["outcome"], e["detail"] or ""
+        )
+    out.print(table)
 
 
 @broker_app.command("run")

@@ -637,6 +637,31 @@ def parse_public_keys(encoded: Mapping[str, str] | list[str]) -> dict[str, Ed255
     return out
 
 
+class ReplayGuard:
+    """Refuses an envelope sequence number seen before (a replay), allowing for reordering.
+
+    Numbers above ``floor`` are accepted once each; anything at or below ``max - window`` is refused
+    (too old to tell apart from a replay). ``floor`` is the highest number accepted before a restart.
+    """
+
+    def __init__(self, floor: int = 0, *, window: int = 1024) -> None:
+        self.max_seq = floor
+        self._floor = floor
+        self._window = window
+        self._recent: set[int] = set()
+
+    def accept(self, seq: int) -> bool:
+        if seq <= self._floor or seq <= self.max_seq - self._window or seq in self._recent:
+            return False
+        self._recent.add(seq)
+        if seq > self.max_seq:
+            self.max_seq = seq
+            low = seq - self._window
+            if len(self._recent) > 2 * self._window:
+                self._recent = {s for s in self._recent if s > low}
+        return True
+
+
 class Sequencer:
     """Monotonic per-sender sequence numbers (seeded from a persisted floor)."""
 
@@ -682,6 +707,7 @@ __all__ = [
     "PrinterSpec",
     "PrintersConfig",
     "Refused",
+    "ReplayGuard",
     "ReportAck",
     "Role",
     "Sequencer",
