@@ -49,6 +49,7 @@ __all__ = [
     "TlsFiles",
     "certificate_identity",
     "client_context",
+    "client_request",
     "ensure_local_ca",
     "peer_identity",
     "server_context",
@@ -114,6 +115,11 @@ class TlsFiles:
             server_key=directory / "server.key",
         )
 
+    def client(self, client_id: str) -> tuple[Path, Path]:
+        """``(<client id>.pem, <client id>.key)`` in the directory (see ``ensure_local_ca(clients=)``)."""
+        _check_client_id(client_id)
+        return self.directory / f"{client_id}.pem", self.directory / f"{client_id}.key"
+
 
 class LocalCA:
     """A small certificate authority for one fleet: issues the broker's and the clients' certificates.
@@ -170,18 +176,7 @@ class LocalCA:
             .not_valid_after(start + validity)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+                _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .sign(key, hashes.SHA256())
@@ -284,11 +279,42 @@ class LocalCA:
         The id is the subject CN and a SAN URI ``urn:printfleet:client:<id>`` (see the module's
         identity rule).
         """
-        if not common_name or len(common_name) > 64 or not common_name.isascii():
-            raise TlsError(f"client id {common_name!r} cannot be a certificate identity (1-64 ASCII)")
-        if any(c.isspace() or c in "/:" for c in common_name):
-            raise TlsError(f"client id {common_name!r} contains whitespace, '/' or ':'")
+        _check_client_id(common_name)
         return self._issue(
+            common_name=common_name,
+            san=[x509.UniformResourceIdentifier(CLIENT_URI_PREFIX + common_name)],
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            key_encipherment=False,
+            not_before=not_before,
+            not_after=not_after,
+        )
+
+    def sign_client_request(
+        self,
+        csr_pem: bytes,
+        common_name: str,
+        *,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> bytes:
+        """Sign a device's certificate request (see :func:`client_request`) for ``common_name``.
+
+        The private key stays on the device. The subject the request asks for is ignored: the
+        certificate names ``common_name``, the client id the caller has authenticated (for example
+        by an enrolment token). Returns the certificate PEM.
+        """
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise TlsError(f"not a PEM certificate request: {exc}") from exc
+        if not csr.is_signature_valid:
+            raise TlsError("the certificate request's signature is invalid")
+        public = csr.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+            raise TlsError("the certificate request must carry an ECDSA P-256 key")
+        _check_client_id(common_name)
+        return self._build(
+            public=public,
             common_name=common_name,
             san=[x509.UniformResourceIdentifier(CLIENT_URI_PREFIX + common_name)],
             usage=ExtendedKeyUsageOID.CLIENT_AUTH,
@@ -308,11 +334,32 @@ class LocalCA:
         not_after: dt.datetime | None,
     ) -> CertPair:
         key = ec.generate_private_key(ec.SECP256R1())
+        cert_pem = self._build(
+            public=key.public_key(),
+            common_name=common_name,
+            san=san,
+            usage=usage,
+            key_encipherment=key_encipherment,
+            not_before=not_before,
+            not_after=not_after,
+        )
+        return CertPair(cert_pem=cert_pem, key_pem=_key_pem(key))
+
+    def _build(
+        self,
+        *,
+        public: ec.EllipticCurvePublicKey,
+        common_name: str,
+        san: list[x509.GeneralName],
+        usage: x509.ObjectIdentifier,
+        key_encipherment: bool,
+        not_before: dt.datetime | None,
+        not_after: dt.datetime | None,
+    ) -> bytes:
         start = not_before or (_utcnow() - _BACKDATE)
         end = not_after or (start + LEAF_VALIDITY)
         if end <= start:
             raise TlsError("not_after must be later than not_before")
-        public = key.public_key()
         ca_ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         cert = (
             x509.CertificateBuilder()
@@ -324,18 +371,7 @@ class LocalCA:
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=key_encipherment,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+                _key_usage(digital_signature=True, key_encipherment=key_encipherment), critical=True
             )
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
@@ -345,7 +381,23 @@ class LocalCA:
             )
             .sign(self._key, hashes.SHA256())
         )
-        return CertPair(cert_pem=cert.public_bytes(serialization.Encoding.PEM), key_pem=_key_pem(key))
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def client_request(common_name: str) -> CertPair:
+    """A new device key and a certificate request for it: ``(csr_pem, key_pem)``.
+
+    The device keeps ``key_pem`` (write it 0600) and sends ``csr_pem`` to the controller, which
+    answers with :meth:`LocalCA.sign_client_request`.
+    """
+    _check_client_id(common_name)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+    return CertPair(cert_pem=csr.public_bytes(serialization.Encoding.PEM), key_pem=_key_pem(key))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,6 +409,7 @@ def ensure_local_ca(
     *,
     hostnames: Sequence[str] = (),
     ips: Sequence[str] = (),
+    clients: Sequence[str] = (),
     now: dt.datetime | None = None,
 ) -> TlsFiles:
     """Make ``directory`` hold ``ca.pem``, ``ca.key``, ``server.pem`` and ``server.key``; idempotent.
@@ -365,8 +418,10 @@ def ensure_local_ca(
     * ``server.pem``/``server.key`` are (re-)issued by the CA when missing, not issued by this CA,
       expiring within :data:`RENEW_BEFORE`, or lacking one of ``hostnames``/``ips`` (plus the
       loopback names). Running it again is how the server certificate is rotated.
+    * ``clients`` (e.g. the controller's own ``ctl-main`` for mutual TLS): ``<id>.pem``/``<id>.key``
+      (see :meth:`TlsFiles.client`) are issued when missing, not issued by this CA or expiring soon.
     * A directory with ``ca.pem``, ``server.pem`` and ``server.key`` but no ``ca.key`` (a CA kept
-      elsewhere) is used as it is, as long as the server certificate needs no renewal.
+      elsewhere) is used as it is, as long as nothing needs issuing.
 
     Raises :class:`TlsError` when the files are inconsistent (a key without its certificate, a server
     certificate that needs issuing but no CA key).
@@ -379,33 +434,51 @@ def ensure_local_ca(
     if not has_cert:
         LocalCA.create(now=now).save(directory)
         logger.info("created a local certificate authority in %s", directory)
-    reason = _server_renewal_reason(files, hostnames, ips, now or _utcnow())
-    if reason is None:
+    when = now or _utcnow()
+    todo: list[tuple[str | None, str]] = []
+    reason = _server_renewal_reason(files, hostnames, ips, when)
+    if reason is not None:
+        todo.append((None, reason))
+    for client_id in _unique(list(clients)):
+        certfile, keyfile = files.client(client_id)
+        reason = _leaf_renewal_reason(certfile, keyfile, files.ca_cert, when)
+        if reason is not None:
+            todo.append((client_id, reason))
+    if not todo:
         return files
     if not files.ca_key.exists():
-        raise TlsError(
-            f"the server certificate in {directory} must be issued ({reason}) but {files.ca_key} is missing",
-            path=files.ca_key,
-        )
+        what = ", ".join(f"{cid or 'server'} ({why})" for cid, why in todo)
+        raise TlsError(f"{directory}: must issue {what} but {files.ca_key} is missing", path=files.ca_key)
     ca = LocalCA.load(directory)
-    ca.issue_server(hostnames, ips).write(files.server_cert, files.server_key)
-    logger.info("issued the broker's server certificate in %s (%s)", directory, reason)
+    for subject, why in todo:
+        if subject is None:
+            ca.issue_server(hostnames, ips).write(files.server_cert, files.server_key)
+        else:
+            ca.issue_client(subject).write(*files.client(subject))
+        logger.info("issued the %s certificate in %s (%s)", subject or "server", directory, why)
     return files
+
+
+def _leaf_renewal_reason(certfile: Path, keyfile: Path, cafile: Path, now: dt.datetime) -> str | None:
+    if not certfile.exists() or not keyfile.exists():
+        return "missing"
+    cert = _load_cert(certfile)
+    try:
+        cert.verify_directly_issued_by(_load_cert(cafile))
+    except (ValueError, TypeError, InvalidSignature):
+        return "not issued by ca.pem"
+    if cert.not_valid_after_utc - RENEW_BEFORE <= now:
+        return "expires soon"
+    return None
 
 
 def _server_renewal_reason(
     files: TlsFiles, hostnames: Sequence[str], ips: Sequence[str], now: dt.datetime
 ) -> str | None:
-    if not files.server_cert.exists() or not files.server_key.exists():
-        return "missing"
+    reason = _leaf_renewal_reason(files.server_cert, files.server_key, files.ca_cert, now)
+    if reason is not None:
+        return reason
     cert = _load_cert(files.server_cert)
-    ca_cert = _load_cert(files.ca_cert)
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return "not issued by ca.pem"
-    if cert.not_valid_after_utc - RENEW_BEFORE <= now:
-        return "expires soon"
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -519,6 +592,20 @@ def _utcnow() -> dt.datetime:
 
 def _unique(items: Sequence[_T]) -> list[_T]:
     return list(dict.fromkeys(items))
+
+
+def _key_usage(**allowed: bool) -> x509.KeyUsage:
+    """keyUsage with every bit off except those named."""
+    bits = "digital_signature content_commitment key_encipherment data_encipherment key_agreement"
+    bits += " key_cert_sign crl_sign encipher_only decipher_only"
+    return x509.KeyUsage(**{bit: allowed.get(bit, False) for bit in bits.split()})
+
+
+def _check_client_id(common_name: str) -> None:
+    if not common_name or len(common_name) > 64 or not common_name.isascii():
+        raise TlsError(f"client id {common_name!r} cannot be a certificate identity (1-64 ASCII)")
+    if any(c.isspace() or c in "/:" for c in common_name):
+        raise TlsError(f"client id {common_name!r} contains whitespace, '/' or ':'")
 
 
 def _check_dns_name(name: str) -> None:

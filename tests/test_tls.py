@@ -10,11 +10,14 @@ reports as a connect timeout.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import os
+import re
 import ssl
 import stat
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import TypeVar
 import aiomqtt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -44,6 +47,7 @@ DEV_A = make_account(Peer(role=Role.DEVICE, name="a"))
 DEV_B = make_account(Peer(role=Role.DEVICE, name="b"))
 ACCOUNTS = (CTL, DEV_A, DEV_B)
 PAST = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+REPO = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------------------------
@@ -589,3 +593,97 @@ def test_key_files_are_not_world_readable_even_with_a_permissive_umask(tmp_path:
         os.umask(old)
     assert stat.S_IMODE(files.ca_key.stat().st_mode) == 0o600
     assert stat.S_IMODE(files.server_key.stat().st_mode) == 0o600
+
+
+def test_sign_client_request_keeps_the_key_on_the_device() -> None:
+    ca = LocalCA.create()
+    csr_pem, key_pem = tls.client_request("dev-kiosk-1")
+    cert = x509.load_pem_x509_certificate(ca.sign_client_request(csr_pem, "dev-kiosk-1"))
+    assert tls.certificate_identity(cert) == "dev-kiosk-1"
+    assert list(_ext(cert, x509.ExtendedKeyUsage)) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert ca.issued(cert)
+    # The key the device kept is the certificate's.
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert cert.public_key() == key.public_key()
+    # The request's subject is ignored: the caller names the client it authenticated.
+    other_csr, _ = tls.client_request("ctl-main")
+    forced = x509.load_pem_x509_certificate(ca.sign_client_request(other_csr, "dev-kiosk-1"))
+    assert tls.certificate_identity(forced) == "dev-kiosk-1"
+    with pytest.raises(TlsError, match="not a PEM certificate request"):
+        ca.sign_client_request(b"junk", "dev-kiosk-1")
+
+
+def test_ensure_local_ca_issues_named_client_certificates(tmp_path: Path) -> None:
+    """The controller's own client certificate for mutual TLS, kept in the TLS directory."""
+    files = tls.ensure_local_ca(tmp_path / "tls", clients=["ctl-main"])
+    certfile, keyfile = files.client("ctl-main")
+    assert (certfile, keyfile) == (files.directory / "ctl-main.pem", files.directory / "ctl-main.key")
+    assert tls.certificate_identity(x509.load_pem_x509_certificate(certfile.read_bytes())) == "ctl-main"
+    assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
+    pem = certfile.read_bytes()
+    tls.ensure_local_ca(tmp_path / "tls", clients=["ctl-main"])
+    assert certfile.read_bytes() == pem
+    files.ca_key.unlink()
+    with pytest.raises(TlsError, match="dev-x"):
+        tls.ensure_local_ca(tmp_path / "tls", clients=["ctl-main", "dev-x"])
+
+
+@pytest.mark.mosquitto
+async def test_mosquitto_reloads_the_server_certificate_on_sighup(tmp_path: Path) -> None:
+    """Rotation on mosquitto: re-issue server.pem/server.key, then SIGHUP; no restart."""
+    require_mosquitto()
+    files = tls.ensure_local_ca(tmp_path / "tls")
+    mosq_tls = MosquittoTls(cafile=files.ca_cert, certfile=files.server_cert, keyfile=files.server_key)
+    creds = [DEV_A.credential]
+    async with MosquittoProcess(tmp_path / "m", creds, tls=mosq_tls, plain_listener=False) as mosq:
+
+        async def served_serial() -> int:
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", mosq.tls_port, ssl=tls.client_context(files.ca_cert)
+            )
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return x509.load_der_x509_certificate(der).serial_number
+
+        before = await served_serial()
+        files.server_cert.unlink()
+        tls.ensure_local_ca(tmp_path / "tls")
+        after = x509.load_pem_x509_certificate(files.server_cert.read_bytes()).serial_number
+        mosq.reload()
+        async with asyncio.timeout(TIMEOUT):
+            # mosquitto announces nothing when it has reloaded: poll what it serves, bounded above.
+            while (served := await served_serial()) == before:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert served == after
+
+
+def _doc_example() -> str:
+    text = (REPO / "docs" / "tls.md").read_text(encoding="utf-8")
+    blocks: list[str] = re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+async def test_the_python_example_in_docs_tls_md_runs() -> None:
+    example = _doc_example()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "error",
+        "-c",
+        example,
+        cwd=REPO,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, out.decode(errors="replace")
+    assert out.decode().strip().endswith("connected over mutual TLS")
