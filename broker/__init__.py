@@ -15,7 +15,7 @@ from __future__ import annotations
 from .embedded import BrokerState, EmbeddedBroker, ListenerSpec
 from .mosquitto import MosquittoFiles, export_mosquitto
 from .passwords import generate_secret, hash_password, verify_password
-from .plugins import BrokerError, Credential, CredentialSource, StaticCredentials
+from .plugins import BrokerError, Credential, CredentialSource, Refusal, StaticCredentials
 
 __all__ = [
     "BrokerError",
@@ -25,6 +25,7 @@ __all__ = [
     "EmbeddedBroker",
     "ListenerSpec",
     "MosquittoFiles",
+    "Refusal",
     "StaticCredentials",
     "export_mosquitto",
     "generate_secret",

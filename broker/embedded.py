@@ -64,6 +64,8 @@ from .plugins import (
     CredentialSource,
     FleetAuthPlugin,
     FleetTopicPlugin,
+    Refusal,
+    RefusalHook,
 )
 
 __all__ = ["BrokerState", "EmbeddedBroker", "ListenerSpec"]
@@ -146,13 +148,14 @@ class EmbeddedBroker:
         connect_timeout: float = 10.0,
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
+        on_refusal: RefusalHook | None = None,
     ) -> None:
         if not listeners:
             raise BrokerError("the broker needs at least one listener")
         if max_packet_bytes < 64:
             raise BrokerError(f"max_packet_bytes {max_packet_bytes} is too small")
         self._listeners = tuple(listeners)
-        self._policy = AccessPolicy(credentials=credentials)
+        self._policy = AccessPolicy(credentials=credentials, on_refusal=on_refusal)
         self._max_packet_bytes = max_packet_bytes
         self._connect_timeout = connect_timeout
         self._start_timeout = start_timeout
@@ -563,6 +566,9 @@ class _FleetBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informa
 
     async def _refuse(self, conn: _Connection, code: ConnectRefusal, reason: str) -> None:
         logger.info("refusing %s: %s (CONNACK %d)", conn.label, reason, code)
+        self._policy.refused(
+            Refusal(client=conn.client_id or "(none)", action="connect", target=conn.label, reason=reason)
+        )
         try:
             await asyncio.wait_for(
                 ConnackPacket.build(0, int(code)).to_stream(conn.writer_adapter), _CLOSE_TIMEOUT

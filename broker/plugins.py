@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, Protocol, runtime_checkable
@@ -106,12 +106,27 @@ class Admission:
     reason: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Refusal:
+    """Something the broker refused a client: reported to whoever audits the fleet."""
+
+    client: str
+    action: str  # "connect", "subscribe" or "publish"
+    target: str | None
+    reason: str
+
+
+RefusalHook = Callable[[Refusal], None]
+
+
 @dataclass(kw_only=True)
 class AccessPolicy:
     """Authentication and topic ACLs for the embedded broker (the mosquitto files encode the same)."""
 
     credentials: CredentialSource
     lookup_timeout: float = 10.0
+    #: Called (synchronously, so it must not block) for every refused CONNECT, SUBSCRIBE and PUBLISH.
+    on_refusal: RefusalHook | None = None
     #: Client ids admitted by the CONNECT gate (with the connection's address); the auth plugin
     #: confirms each admission exactly once.
     _admitted: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
@@ -160,6 +175,13 @@ class AccessPolicy:
 
     def mark_admitted(self, client_id: str, address: tuple[str, int]) -> None:
         self._admitted[client_id] = address
+
+    def refused(self, refusal: Refusal) -> None:
+        if self.on_refusal is not None:
+            try:
+                self.on_refusal(refusal)
+            except Exception:  # an audit hook must never break the broker
+                logger.exception("refusal hook failed")
 
     def forget(self, client_id: str, address: tuple[str, int]) -> None:
         if self._admitted.get(client_id) == address:
@@ -254,4 +276,10 @@ class FleetTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no
         allowed = AccessPolicy.may(peer, topic, _ACTIONS[action])
         if not allowed:
             logger.info("%s may not %s %s", peer, action.value, topic)
+            if action is not Action.RECEIVE:
+                self._policy.refused(
+                    Refusal(
+                        client=peer.client_id, action=action.value, target=topic, reason="outside its ACL"
+                    )
+                )
         return allowed

@@ -39,7 +39,7 @@ class ApiContext:
 
 
 class PrinterBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     serial_url: str
     baud: int = 19200
@@ -58,18 +58,18 @@ class PrinterIn(PrinterBody):
 
 
 class TokenIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=64)
     scope: Literal["admin", "print", "read"]
 
 
 class EnrollIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     token: str = Field(min_length=8, max_length=128)
 
 
 class JobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     printer: str
     text: str | None = None
     document: dict[str, Any] | None = None

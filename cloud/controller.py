@@ -17,6 +17,7 @@ from typing import Any
 
 import aiomqtt
 
+from broker import Refusal
 from cloud.audit import Audit
 from cloud.config import ControllerConfig
 from cloud.jobs import QUEUED_ONLY, JobStore
@@ -64,13 +65,15 @@ class Controller:
         self._port = broker_port
         self._secret = secret
         self.session_number = session_number
-        self._seq = wire.Sequencer(session_number << 32)
+        self._seq = wire.Sequencer()
         self._client: aiomqtt.Client | None = None
         self._wake_outbox = asyncio.Event()
         self.connected = asyncio.Event()
         self.state = LinkState.DISCONNECTED
         self._on_kick = on_kick
         self._audit = audit
+        self._refusals: asyncio.Queue[Refusal] = asyncio.Queue(maxsize=10_000)
+        self.refusals_dropped = 0
         self.last_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -83,6 +86,7 @@ class Controller:
                 tg.create_task(self._outbox_loop(), name="controller-outbox")
                 tg.create_task(self._presence_loop(), name="controller-presence")
                 tg.create_task(self._housekeeping_loop(), name="controller-housekeeping")
+                tg.create_task(self._refusal_loop(), name="controller-broker-refusals")
         finally:
             self.state = LinkState.STOPPED
 
@@ -137,9 +141,10 @@ class Controller:
             self.key
         )
 
-    def _instruction(self, body: wire.Body, dst: wire.Peer) -> wire.Envelope:
+    def instruction(self, body: wire.Body, dst: wire.Peer, *, exp: int | None = None) -> wire.Envelope:
         """An instruction: addressed, sequenced, signed, and valid for a bounded time only."""
-        exp = wire.now_ms() + int(self.config.instruction_ttl_s * 1000)
+        if exp is None:
+            exp = wire.now_ms() + int(self.config.instruction_ttl_s * 1000)
         return self._envelope(body, dst, exp)
 
     async def send(self, peer: wire.Peer, body: wire.Body) -> bool:
@@ -147,7 +152,7 @@ class Controller:
         client = self._client
         if client is None:
             return False
-        env = self._instruction(body, peer)
+        env = self.instruction(body, peer)
         try:
             await client.publish(peer.topic(wire.Channel.DOWN), env.encode(), qos=1)
         except aiomqtt.MqttError as exc:
@@ -233,6 +238,8 @@ class Controller:
                 await self.security(
                     peer.client_id, "instruction.refused", refused.message_id or None, refused.reason
                 )
+                if refused.report_id:
+                    await self.send(peer, wire.ReportAck(report_ids=(refused.report_id,)))
             case _:
                 log.warning("unexpected %s from %s", env.type, peer)
 
@@ -393,6 +400,18 @@ class Controller:
             await self._audit.record(actor, action, target, outcome="refused", detail=detail)
         else:
             log.warning("%s %s %s refused: %s", actor, action, target, detail)
+
+    def note_broker_refusal(self, refusal: Refusal) -> None:
+        """Called by the embedded broker (synchronously) for each refused CONNECT/SUBSCRIBE/PUBLISH."""
+        try:
+            self._refusals.put_nowait(refusal)
+        except asyncio.QueueFull:  # a flood must not grow memory: count what could not be recorded
+            self.refusals_dropped += 1
+
+    async def _refusal_loop(self) -> None:
+        while True:
+            r = await self._refusals.get()
+            await self.security(r.client, f"broker.{r.action}", r.target, r.reason)
 
     async def device_disabled(self, device: str) -> None:
         """Cut a device's live session at once (the broker refuses its credentials from now on)."""

@@ -14,7 +14,7 @@ import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker import EmbeddedBroker, ListenerSpec
+from broker import EmbeddedBroker, ListenerSpec, Refusal
 from cloud import db
 from cloud.api import ApiContext, create_app
 from cloud.audit import Audit
@@ -104,6 +104,7 @@ class ControllerService:
                 self.broker = EmbeddedBroker(
                     listeners=[ListenerSpec(host=cfg.mqtt_bind[0], port=cfg.mqtt_bind[1])],
                     credentials=DbCredentials(self.registry, cfg.controller_name),
+                    on_refusal=self._broker_refusal,
                 )
                 await stack.enter_async_context(self.broker)
                 bound_host, port = self.broker.bound_addresses[0]
@@ -202,6 +203,11 @@ class ControllerService:
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await stack.aclose()
+
+    def _broker_refusal(self, refusal: Refusal) -> None:
+        controller = getattr(self, "controller", None)
+        if controller is not None:
+            controller.note_broker_refusal(refusal)
 
     def agent_config(self, device: str, secret: str) -> dict[str, Any]:
         """What a device agent needs: its credentials, the broker(s), the controller and its key."""

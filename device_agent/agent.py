@@ -53,6 +53,7 @@ class Agent:
         self._report_sent: dict[str, float] = {}
         self._controller_session: int | None = None
         self._guards: dict[str, wire.ReplayGuard] = {}
+        self._refusals: dict[str, wire.Refused] = {}
         self.online = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
 
@@ -239,6 +240,7 @@ class Agent:
             await self._refuse(payload, f"unexpected {env.type}", env.id)
             return
         if not await self._fresh(env):
+            log.warning("refused %s seq %d from %s: replayed or too old", env.type, env.seq, env.src)
             await self._refuse(payload, f"replayed instruction (seq {env.seq})", env.id)
             return
         # The clock is learnt from heartbeat acks, so they cannot be judged on it; every other
@@ -267,7 +269,14 @@ class Agent:
         return True
 
     async def _refuse(self, _payload: bytes | bytearray, reason: str, message_id: str = "") -> None:
-        await self._publish(wire.Channel.UP, wire.Refused(message_id=message_id[:64], reason=reason[:200]))
+        """Report a refused instruction; kept (in memory, bounded) and resent until acknowledged."""
+        refused = wire.Refused(message_id=message_id[:64], reason=reason[:200], report_id=uuid.uuid4().hex)
+        assert refused.report_id is not None
+        self._refusals[refused.report_id] = refused
+        while len(self._refusals) > 200:
+            self._refusals.pop(next(iter(self._refusals)))
+        if await self._publish(wire.Channel.UP, refused):
+            self._report_sent[refused.report_id] = asyncio.get_running_loop().time()
 
     async def _on_controller_presence(self, env: wire.Envelope) -> None:
         if env.type is wire.MsgType.CONTROLLER_ONLINE:
@@ -288,6 +297,7 @@ class Agent:
                 await self.journal.ack_reports(ack.report_ids)
                 for rid in ack.report_ids:
                     self._report_sent.pop(rid, None)
+                    self._refusals.pop(rid, None)
             case wire.MsgType.HEARTBEAT_ACK:
                 await self._on_heartbeat_ack(env.parsed(wire.HeartbeatAck))
             case wire.MsgType.PRINTERS_CONFIG:
@@ -391,13 +401,16 @@ class Agent:
             if self._client is None:
                 continue
             now = loop.time()
-            for report in await self.journal.pending_reports():
-                sent = self._report_sent.get(report.report_id)
+            pending: list[wire.JobReport | wire.Refused] = [*await self.journal.pending_reports()]
+            pending.extend(self._refusals.values())
+            for report in pending:
+                rid = report.report_id or ""
+                sent = self._report_sent.get(rid)
                 if sent is not None and now - sent < 5.0:
                     continue
                 if not await self._publish(wire.Channel.UP, report):
                     break
-                self._report_sent[report.report_id] = now
+                self._report_sent[rid] = now
 
     # -- introspection (status commands, tests) -----------------------------------------------
 

@@ -406,9 +406,16 @@ class PrintersConfig(Body):
 
 
 class Refused(Body):
+    """A peer refused an instruction (bad signature, replay, expired, misaddressed...).
+
+    Resent until the controller acknowledges ``report_id`` with a ``report.ack``, so the refusal
+    reaches the audit log even when the controller was away at the time.
+    """
+
     TYPE: ClassVar[MsgType] = MsgType.REFUSED
     message_id: str = Field(max_length=64)
     reason: str = Field(max_length=200)
+    report_id: str | None = Field(default=None, max_length=64)
 
 
 class ControllerOnline(Body):
@@ -663,13 +670,18 @@ class ReplayGuard:
 
 
 class Sequencer:
-    """Monotonic per-sender sequence numbers (seeded from a persisted floor)."""
+    """Monotonic per-sender sequence numbers that stay monotonic across restarts.
+
+    Each number is at least the wall clock in microseconds, so a restarted sender (even one whose
+    database was restored from a backup) continues above every number it used before, and the
+    numbers stay below 2**53 (exact in JSON everywhere).
+    """
 
     def __init__(self, start: int = 0) -> None:
         self._n = start
 
     def next(self) -> int:
-        self._n += 1
+        self._n = max(self._n + 1, time.time_ns() // 1000)
         return self._n
 
     @property
