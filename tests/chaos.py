@@ -191,6 +191,27 @@ def check(
     )
 
 
+def out_of_order(paper_text: str, order: Mapping[str, int], skip: Iterable[str] = ()) -> int:
+    """Jobs printed after a job submitted later than them (first copies, ``order``: marker -> seq).
+
+    Informational: with one priority the controller's submission order is the print order the
+    agent aims for, but the ordering gate is bounded in time, so this is reported, not asserted.
+    ``skip`` are markers whose paper position says nothing (jobs cut by a kill).
+    """
+    skipped = set(skip)
+    seen: set[str] = set()
+    highest = -1
+    late = 0
+    for m in MARKER_RE.findall(paper_text):
+        if m in seen or m in skipped or m not in order:
+            continue
+        seen.add(m)
+        if order[m] < highest:
+            late += 1
+        highest = max(highest, order[m])
+    return late
+
+
 # -- configuration and report --------------------------------------------------------------------
 
 
@@ -246,6 +267,8 @@ class ChaosReport:
     receipts: int
     tracebacks: dict[str, int]
     problems: list[str]
+    out_of_order: int | None = None
+    open_at_drain: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -270,6 +293,7 @@ class ChaosReport:
             f" | submit {self.submit_s:.1f} s, drain {self.drain_s:.1f} s"
             f"{'' if self.drained else ' (NOT drained)'}, total {self.total_s:.1f} s,"
             f" {self.jobs_per_s:.1f} jobs/s, receipts={self.receipts}"
+            + ("" if self.out_of_order is None else f", printed out of submission order: {self.out_of_order}")
             + (f" | unexpected exits: {len(self.unexpected_exits)}" if self.unexpected_exits else "")
             + (
                 " | tracebacks in logs: " + ", ".join(f"{k}={n}" for k, n in self.tracebacks.items())
@@ -285,6 +309,8 @@ class ChaosReport:
         if len(self.verdict.violations) > limit:
             out.append(f"... and {len(self.verdict.violations) - limit} more violations")
         out += [f"unexpected exit: {u}" for u in self.unexpected_exits[:limit]]
+        if self.open_at_drain:
+            out.append("open when the drain began: " + ", ".join(self.open_at_drain[:limit]))
         out.append(f"logs in {self.config.workdir}")
         return "\n".join(out)
 
@@ -391,7 +417,7 @@ class ChaosRun:
         self.markers: dict[int, tuple[str, int]] = {}
         self._locks = {name: asyncio.Lock() for name in ("agent", "controller", "broker")}
         self._up: dict[str, bool] = {"agent": False, "controller": False, "broker": False}
-        self._submitted = asyncio.Event()
+        self.open_at_drain: list[str] = []
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -770,6 +796,7 @@ class ChaosRun:
                             continue
                         if not self._up[name]:
                             await self._restart(name)
+                    self.open_at_drain = await self._open_jobs(client)
                     t_drain = loop.time()
                     drained = await self._wait_drained(client, cfg.drain_timeout_s)
                     drain_s = loop.time() - t_drain
@@ -790,6 +817,13 @@ class ChaosRun:
             await asyncio.gather(*watchers, return_exceptions=True)
             await self._shutdown(force=True)
         verdict = check(outcomes, paper, self.in_write_ids)
+        order = self._controller_order()
+        by_id = {o.job_id: o.marker for o in outcomes if o.job_id is not None}
+        late = out_of_order(
+            paper,
+            {by_id[i]: seq for i, seq in order.items() if i in by_id},
+            skip=[by_id[i] for i in verdict.unknown_ids | verdict.in_write_ids if i in by_id],
+        )
         if self.unexpected_exits:
             self.problems.append(f"{len(self.unexpected_exits)} unexpected process exit(s)")
         return ChaosReport(
@@ -807,7 +841,31 @@ class ChaosRun:
             receipts=receipts,
             tracebacks={p.name: p.tracebacks() for p in (self.controller, self.agent) if p is not None},
             problems=self.problems,
+            out_of_order=late if order else None,
+            open_at_drain=self.open_at_drain,
         )
+
+    def _controller_order(self) -> dict[str, int]:
+        """job id -> the controller's submission sequence (read from its database once it stopped)."""
+        path = self.data_dir / "printfleet.db"
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                return {str(i): int(q) for i, q in db.execute("SELECT id, seq FROM jobs")}
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return {}
+
+    async def _open_jobs(self, client: httpx.AsyncClient) -> list[str]:
+        """Jobs still open when the chaos stopped (``state:id``), for the report."""
+        out: list[str] = []
+        with contextlib.suppress(httpx.TransportError):
+            for state in OPEN_STATES:
+                resp = await client.get("/v1/jobs", params={"state": state, "limit": 50})
+                if resp.status_code == 200:
+                    out += [f"{state}:{j['id'][:8]}" for j in resp.json()]
+        return out
 
     async def _shutdown(self, *, force: bool = False) -> None:
         self._up = dict.fromkeys(self._up, False)

@@ -20,7 +20,16 @@ import pytest
 
 from device_agent.journal import Journal
 from printfleet import wire
-from tests.chaos import ChaosConfig, JobOutcome, check, journal_in_write, marker, run_chaos, seed_from_env
+from tests.chaos import (
+    ChaosConfig,
+    JobOutcome,
+    check,
+    journal_in_write,
+    marker,
+    out_of_order,
+    run_chaos,
+    seed_from_env,
+)
 from tests.conftest import BROKERS, require_mosquitto
 
 # -- the checker on synthetic data ---------------------------------------------------------------
@@ -111,6 +120,17 @@ def test_checker_catches_stray_markers_and_shared_ids() -> None:
     v = check([a, b], _paper(a, b) + "\n" + marker(99, "deadbeef"), in_write_ids=())
     assert v.stray_markers == 1
     assert any("share job id" in m for m in v.violations)
+
+
+def test_out_of_order_counts_jobs_printed_after_a_later_one() -> None:
+    a, b, c, d = (_job(i) for i in range(4))
+    order = {j.marker: j.seq for j in (a, b, c, d)}
+    assert out_of_order(_paper(a, b, c, d), order) == 0
+    assert out_of_order(_paper(a, c, b, d), order) == 1
+    assert out_of_order(_paper(d, a, b, c), order) == 3
+    # a job cut by a kill says nothing about order; a second copy is not a new position
+    assert out_of_order(_paper(a, c, b, d), order, skip=[c.marker]) == 0
+    assert out_of_order(_paper(a, b, a, c), order) == 0
 
 
 async def test_journal_reader_sees_a_job_started_but_not_finished(tmp_path: Path) -> None:
