@@ -180,3 +180,22 @@ async def test_chaos_every_job_prints_exactly_once(broker: str, tmp_path: Path) 
     # the chaos was not vacuous
     assert report.kills["agent"] >= 1 and report.kills["controller"] >= 1, details
     assert report.paper_out_episodes >= 1, details
+
+
+# -- reproductions of defects the chaos run found (strict xfail: they turn red once fixed) ---------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ReplayGuard's reordering window is 1024 sequence numbers, but Sequencer numbers are the"
+    " controller's clock in microseconds: an instruction overtaken by one sent more than ~1 ms later"
+    " (the broker flushing a persistent session's queue after live traffic) is refused as a replay",
+)
+def test_an_instruction_overtaken_by_a_later_one_is_not_a_replay() -> None:
+    seq = wire.Sequencer()
+    earlier = seq.next()
+    later = earlier + 2_000  # what the controller's Sequencer returns 2 ms later
+    guard = wire.ReplayGuard()
+    assert guard.accept(later)
+    assert guard.accept(earlier), "a first delivery, never seen before, was refused as replayed or too old"
+    assert not guard.accept(earlier), "a real replay must still be refused"
