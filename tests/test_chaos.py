@@ -12,6 +12,7 @@ chaos run that passes is one in which the rules were actually applied.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from pathlib import Path
@@ -168,7 +169,9 @@ async def test_chaos_every_job_prints_exactly_once(broker: str, tmp_path: Path) 
     if broker == "mosquitto":
         require_mosquitto()
     config = ChaosConfig(workdir=tmp_path / "chaos", broker=broker, seed=seed_from_env(), jobs=200)  # type: ignore[arg-type]
-    report = await run_chaos(config)
+    # bounded inside the test's own timeout, so that a hang still stops every process it started
+    async with asyncio.timeout(380):
+        report = await run_chaos(config)
     print("\n" + report.line())
     details = report.details()
     assert report.ok, details
