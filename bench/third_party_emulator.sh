@@ -12,7 +12,8 @@
 #   3. prints plain text (TCP, generic-80), the receipt document of docs/documents.md (TCP),
 #      plain text over the emulator's serial pty (generic-80, 9600 baud), a job while the emulator
 #      reports paper out (must be held, then print when the paper is back), and plain text with the
-#      no-status profile (must end printed with "unconfirmed");
+#      no-status profile (must end printed with "unconfirmed"); then a batch of 8 jobs during which
+#      the emulator runs out of paper (held while it lasts, each job on paper exactly once after);
 #   4. checks each job's state with `printfleet jobs show` and what the emulator printed with
 #      `emupos receipt show`; prints PASS or FAIL (exit 0 / 1; 2 when the emulator cannot be had).
 #
@@ -167,6 +168,9 @@ log "controller: $(jfield "$WORK/ctl/state.json" 'd["http"]'), broker $(jfield "
 add_agent() { # add_agent NAME SERIAL PROFILE [--baud N]
     local name=$1 serial=$2 profile=$3; shift 3
     timeout 30 "$PF" devices add "$name" --serial "$serial" --profile "$profile" "$@" --out "$WORK/$name.toml" >/dev/null || return 1
+    # a journal of this run's own: the default state dir is shared by every agent of that name, so a
+    # run interrupted with jobs pending would have them printed by the next run's agent
+    grep -q '^\[agent\]' "$WORK/$name.toml" || printf '\n[agent]\nstate_dir = "%s"\n' "$WORK/state/$name" >>"$WORK/$name.toml"
     start "$WORK/agent-$name.log" "$PF" agent run --config "$WORK/$name.toml"
 }
 printer_ready() { # printer_ready NAME
@@ -259,6 +263,71 @@ else
     fail "paper-out: the emulator completed no receipt after the paper came back"
 fi
 SUMMARY+=("paper-out: job $PO_ID $(job_state | sed 's/|$//; s/|/ /') (held for paper out first)")
+
+# ---------------------------------------------------------------------------------------------
+# 4. paper out in the middle of a batch: BATCH_N jobs submitted at once; the emulator runs out of
+#    paper as soon as it has saved 3 of them; the rest must be held (reported as held), nothing
+#    printed while the paper is out, and after the paper is back every job printed exactly once.
+
+BATCH_N=8
+RCPT=$WORK/emu/receipts
+rcount() { find "$RCPT" -name '*.txt' 2>/dev/null | wc -l; }
+emu_fault() { # emu_fault PUT|DELETE FAULT  (the emulator's HTTP API: quicker than its CLI)
+    curl -fsS -m 10 -X "$1" "$EMUPOS_API/api/v1/devices/front/faults/$2" >/dev/null
+}
+log "batch: $BATCH_N jobs to tp1 at once; paper out once the emulator saved 3 of them; then paper back"
+base=$(rcount)
+SUBMITS=()
+for i in $(seq 1 "$BATCH_N"); do
+    timeout 30 "$PF" print tp1 --text "batch-job-$i-of-$BATCH_N" --json >"$WORK/batch-$i.job.json" 2>"$WORK/batch-$i.err" &
+    SUBMITS+=("$!")
+done
+deadline=$((SECONDS + 60))
+until [ "$(rcount)" -ge $((base + 3)) ] || [ "$SECONDS" -ge "$deadline" ]; do sleep 0.05; done
+emu_fault PUT paper-out || fail "batch: could not set paper-out on the emulator"
+at_fault=$(($(rcount) - base))
+wait "${SUBMITS[@]}"  # the submissions (not the services started in the background)
+BATCH_IDS=()
+for i in $(seq 1 "$BATCH_N"); do BATCH_IDS+=("$(jfield "$WORK/batch-$i.job.json" 'd["id"]' 2>/dev/null)"); done
+echo "receipts saved when the paper ran out: $at_fault of $BATCH_N"
+batch_states() { # one line per batch job: id state|detail
+    timeout 15 "$PF" jobs list --printer tp1 --limit 100 --json >"$WORK/.batch.json" 2>/dev/null &&
+        "$PY" -c 'import json,sys; js={j["id"]: j for j in json.load(open(sys.argv[1]))}
+for i in sys.argv[2:]: j=js.get(i, {}); print(i, (j.get("state") or "?") + "|" + (j.get("detail") or ""))' "$WORK/.batch.json" "${BATCH_IDS[@]}"
+}
+batch_held() { batch_states | grep -q ' held|paper out$'; }
+if [ "$at_fault" -ge "$BATCH_N" ]; then
+    fail "batch: every job printed before the paper ran out (the batch was too quick)"
+elif wait_for 30 "a batch job held for paper out" batch_held; then
+    echo "while the paper is out (printfleet jobs list):"; batch_states | sed 's/^/   /'
+    HELD_ID=$(batch_states | grep ' held|paper out$' | head -1 | cut -d' ' -f1)
+    printer_status() { timeout 10 "$PF" printers list --json 2>/dev/null | "$PY" -c 'import json,sys; print({p["name"]: p["status"] for p in json.load(sys.stdin)}["tp1"])'; }
+    printer_out() { [ "$(printer_status)" = "paper out" ]; }
+    wait_for 15 "printers list to say paper out" printer_out || true
+    echo "printfleet printers list, tp1: $(printer_status)"
+    held_receipts=$(($(rcount) - base))
+    [ "$held_receipts" = "$at_fault" ] || fail "batch: the emulator saved receipts while out of paper ($at_fault -> $held_receipts)"
+else
+    fail "batch: no job was reported held for 'paper out' (now: $(batch_states | tr '\n' ' '))"
+fi
+emu_fault DELETE paper-out || fail "batch: could not clear paper-out"
+all_printed() { [ "$(batch_states | grep -c ' printed|$')" = "$BATCH_N" ]; }
+wait_for 60 "every batch job printed" all_printed || fail "batch: not every job printed (now: $(batch_states | tr '\n' ' '))"
+wait_for 15 "the emulator to save every batch receipt" test "$(rcount)" -ge $((base + BATCH_N)) || true
+batch_ok=0
+for i in $(seq 1 "$BATCH_N"); do
+    n=$(cat "$RCPT"/*.txt | grep -cx "batch-job-$i-of-$BATCH_N")
+    [ "$n" = 1 ] && batch_ok=$((batch_ok + 1)) || fail "batch: batch-job-$i-of-$BATCH_N is on the emulator's paper $n times"
+done
+echo "on the emulator's paper exactly once: $batch_ok of $BATCH_N; receipts saved: $(($(rcount) - base))"
+if [ -n "${HELD_ID:-}" ]; then
+    timeout 30 "$PF" jobs show "$HELD_ID"
+    timeout 15 "$PF" jobs show "$HELD_ID" --json >"$WORK/batch-held.show.json" 2>/dev/null
+    "$PY" -c 'import json,sys; ev=[(e["state"], e["detail"]) for e in json.load(open(sys.argv[1]))["events"]]
+sys.exit(0 if ("held","paper out") in ev and ev[-1][0]=="printed" and ev.index(("held","paper out")) < len(ev)-1 else 1)' "$WORK/batch-held.show.json" ||
+        fail "batch: the held job's history lacks held (paper out) then printed"
+fi
+SUMMARY+=("batch: $batch_ok of $BATCH_N jobs printed exactly once; paper out after $at_fault, job ${HELD_ID:-?} held for it")
 
 log "emupos event log"
 sed 's/^/   /' "$WORK/emu/emupos.log" | tail -40
