@@ -304,7 +304,7 @@ elif wait_for 30 "a batch job held for paper out" batch_held; then
     printer_status() { timeout 10 "$PF" printers list --json 2>/dev/null | "$PY" -c 'import json,sys; print({p["name"]: p["status"] for p in json.load(sys.stdin)}["tp1"])'; }
     printer_out() { [ "$(printer_status)" = "paper out" ]; }
     wait_for 15 "printers list to say paper out" printer_out || true
-    echo "printfleet printers list, tp1: $(printer_status)"
+    echo "status of tp1 in printers list: $(printer_status)"
     held_receipts=$(($(rcount) - base))
     [ "$held_receipts" = "$at_fault" ] || fail "batch: the emulator saved receipts while out of paper ($at_fault -> $held_receipts)"
 else
