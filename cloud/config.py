@@ -45,10 +45,6 @@ def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ControllerError(f"invalid broker URL {url!r}: expected mqtt://HOST:PORT")
     tls = parts.scheme == "mqtts"
-    if tls:
-        raise ControllerError(
-            "mqtts:// (TLS) is not supported yet; use mqtt:// on a trusted network or a tunnel"
-        )
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
@@ -145,4 +141,9 @@ class ControllerConfig:
     idempotency_keep_s: float = 48 * 3600.0
     #: How long an instruction (envelope) stays valid; a later delivery is refused as stale.
     instruction_ttl_s: float = 600.0
+    #: TLS on the MQTT link: the embedded broker listens with TLS (a local CA is created in
+    #: ``tls_dir``, default DATA_DIR/tls); ``mtls`` also requires client certificates.
+    tls: bool = False
+    tls_dir: Path | None = None
+    mtls: bool = False
     extra: dict[str, Any] = field(default_factory=dict)

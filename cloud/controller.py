@@ -11,6 +11,7 @@ import base64
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
@@ -54,6 +55,7 @@ class Controller:
         session_number: int,
         on_kick: Callable[[str], Awaitable[object]] | None = None,
         audit: Audit | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -72,6 +74,7 @@ class Controller:
         self.state = LinkState.DISCONNECTED
         self._on_kick = on_kick
         self._audit = audit
+        self._tls_context = tls_context
         self._refusals: asyncio.Queue[Refusal] = asyncio.Queue(maxsize=10_000)
         self.refusals_dropped = 0
         self.last_error: str | None = None
@@ -108,6 +111,7 @@ class Controller:
                     timeout=10,
                     will=aiomqtt.Will(wire.CONTROLLER_PRESENCE_TOPIC, offline.encode(), qos=1, retain=True),
                     socket_options=(wire.TCP_NODELAY_OPTION,),
+                    tls_context=self._tls_context,
                 ) as client:
                     for topic in wire.CONTROLLER_SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)

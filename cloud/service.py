@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +27,7 @@ from cloud.errors import ControllerError
 from cloud.jobs import JobFeed, JobStore
 from cloud.presence import Presence
 from cloud.registry import DbCredentials, Registry
-from printfleet import __version__, wire
+from printfleet import __version__, tls, wire
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +100,36 @@ class ControllerService:
             await self.registry.ensure_controller_credential(secret)
             session_number = await self.registry.next_counter("controller_session")
 
+            tls_ctx: ssl.SSLContext | None = None
             if cfg.external_broker:
-                host, port, _tls = parse_mqtt_url(cfg.external_broker)
+                host, port, use_tls = parse_mqtt_url(cfg.external_broker)
                 mqtt_urls: tuple[str, ...] = (cfg.external_broker,)
+                if use_tls:
+                    self.tls_files = self._tls_files(cfg)
+                    tls_ctx = self._client_tls(self.tls_files)
             else:
+                listener = ListenerSpec(host=cfg.mqtt_bind[0], port=cfg.mqtt_bind[1])
+                if cfg.tls:
+                    self.tls_files = self._tls_files(cfg)
+                    tls_ctx = self._client_tls(self.tls_files)
+                    listener = ListenerSpec(
+                        host=cfg.mqtt_bind[0],
+                        port=cfg.mqtt_bind[1],
+                        certfile=self.tls_files.server_cert,
+                        keyfile=self.tls_files.server_key,
+                        cafile=self.tls_files.ca_cert,
+                        require_client_cert=cfg.mtls,
+                    )
                 self.broker = EmbeddedBroker(
-                    listeners=[ListenerSpec(host=cfg.mqtt_bind[0], port=cfg.mqtt_bind[1])],
+                    listeners=[listener],
                     credentials=DbCredentials(self.registry, cfg.controller_name),
                     on_refusal=self._broker_refusal,
                 )
                 await stack.enter_async_context(self.broker)
                 bound_host, port = self.broker.bound_addresses[0]
                 host = _connect_host(bound_host)
-                mqtt_urls = (f"mqtt://{_url_host(host)}:{port}",)
+                scheme = "mqtts" if cfg.tls else "mqtt"
+                mqtt_urls = (f"{scheme}://{_url_host(host)}:{port}",)
 
             self.controller = Controller(
                 config=cfg,
@@ -121,6 +141,7 @@ class ControllerService:
                 broker_port=port,
                 secret=secret,
                 session_number=session_number,
+                tls_context=tls_ctx,
                 on_kick=self.broker.kick if self.broker else None,
                 audit=self.audit,
             )
@@ -204,6 +225,35 @@ class ControllerService:
             stack, self._stack = self._stack, None
             await stack.aclose()
 
+    def _tls_files(self, cfg: ControllerConfig) -> tls.TlsFiles:
+        """The CA and server certificate (created when missing), for every name agents may dial."""
+        names: set[str] = set()
+        ips: set[str] = set()
+        for url in cfg.advertise:
+            host = urlsplit(url).hostname
+            if host:
+                (ips if _is_ip(host) else names).add(host)
+        bind = cfg.mqtt_bind[0]
+        if bind not in ("0.0.0.0", "::", ""):
+            (ips if _is_ip(bind) else names).add(bind)
+        clients = [self._ctl_client_id] if cfg.mtls else []
+        return tls.ensure_local_ca(
+            cfg.tls_dir or cfg.data_dir.root / "tls",
+            hostnames=sorted(names),
+            ips=sorted(ips),
+            clients=clients,
+        )
+
+    @property
+    def _ctl_client_id(self) -> str:
+        return wire.Peer(role=wire.Role.CONTROLLER, name=self.config.controller_name).client_id
+
+    def _client_tls(self, files: tls.TlsFiles) -> ssl.SSLContext:
+        if self.config.mtls:
+            cert, key = files.client(self._ctl_client_id)
+            return tls.client_context(files.ca_cert, cert, key)
+        return tls.client_context(files.ca_cert)
+
     def _broker_refusal(self, refusal: Refusal) -> None:
         controller = getattr(self, "controller", None)
         if controller is not None:
@@ -212,7 +262,7 @@ class ControllerService:
     def agent_config(self, device: str, secret: str) -> dict[str, Any]:
         """What a device agent needs: its credentials, the broker(s), the controller and its key."""
         assert self.endpoints is not None
-        return {
+        data: dict[str, Any] = {
             "device": {"name": device},
             "mqtt": {
                 "urls": list(self.endpoints.advertised_mqtt),
@@ -226,6 +276,17 @@ class ControllerService:
                 "public_keys": [self.signing_key.public_b64()],
             },
         }
+        files = getattr(self, "tls_files", None)
+        if files is not None:
+            section = {"ca_pem": files.ca_cert.read_text()}
+            if self.config.mtls:
+                pair = tls.LocalCA.load(files.directory).issue_client(
+                    wire.Peer(role=wire.Role.DEVICE, name=device).client_id
+                )
+                section["cert_pem"] = pair.cert_pem.decode()
+                section["key_pem"] = pair.key_pem.decode()
+            data["tls"] = section
+        return data
 
     async def health(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
@@ -237,6 +298,14 @@ class ControllerService:
         checks["broker_link"] = "ok" if self.controller.connected.is_set() else "disconnected"
         ok = all(v == "ok" for v in checks.values())
         return {"status": "ok" if ok else "degraded", "version": __version__, **checks}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _connect_host(bound: str) -> str:

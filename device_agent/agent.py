@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import ssl
 import uuid
 from enum import StrEnum
 
@@ -14,7 +16,7 @@ import aiomqtt
 from device_agent.config import AgentConfig
 from device_agent.journal import Journal
 from device_agent.worker import PortFactory, PrinterWorker
-from printfleet import __version__, wire
+from printfleet import __version__, tls, wire
 
 log = logging.getLogger(__name__)
 S = wire.JobState
@@ -140,6 +142,23 @@ class Agent:
                         )
                     )
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """Trust only the fleet's CA; present this device's certificate under mutual TLS."""
+        settings = self.config.tls
+        assert settings is not None  # the config refuses mqtts:// without [tls]
+        directory = self.config.state_dir / "tls"
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ca = directory / "ca.pem"
+        ca.write_text(settings.ca_pem)
+        if settings.cert_pem is None or settings.key_pem is None:
+            return tls.client_context(ca)
+        cert, key = directory / "client.pem", directory / "client.key"
+        cert.write_text(settings.cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(settings.key_pem)
+        return tls.client_context(ca, cert, key)
+
     # -- MQTT ---------------------------------------------------------------------------------
 
     async def _mqtt_loop(self) -> None:
@@ -164,6 +183,7 @@ class Agent:
                     timeout=10,
                     will=aiomqtt.Will(self.peer.topic(wire.Channel.PRESENCE), will.encode(), qos=1),
                     socket_options=(wire.TCP_NODELAY_OPTION,),
+                    tls_context=self._tls_context() if broker.tls else None,
                 ) as client:
                     await client.subscribe(self.peer.topic(wire.Channel.DOWN), qos=1)
                     await client.subscribe(wire.CONTROLLER_PRESENCE_TOPIC, qos=1)

@@ -36,14 +36,19 @@ class BrokerAddress:
             port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         except ValueError as exc:
             raise AgentError(f"invalid port in broker URL {url!r}") from exc
-        if parts.scheme == "mqtts":
-            raise AgentError(
-                "mqtts:// (TLS) is not supported yet; use mqtt:// on a trusted network or a tunnel"
-            )
-        return cls(host=parts.hostname, port=port, tls=False)
+        return cls(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """The fleet's CA (always) and, for mutual TLS, this device's certificate and key, as PEM text."""
+
+    ca_pem: str
+    cert_pem: str | None = None
+    key_pem: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +67,7 @@ class AgentConfig:
     status_poll_s: float = 5.0
     #: Added to the host's clock (tests simulate a host whose clock is wrong; 0 in production).
     clock_skew_ms: int = 0
+    tls: TlsSettings | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -165,7 +171,13 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
             printers.append(wire.validate_model(wire.PrinterSpec, p, f"printers[{i}]"))
         except wire.WireError as exc:
             raise AgentError(f"agent config: {exc}") from exc
+    tls = _parse_tls(data.get("tls"), base_dir)
+    if any(b.tls for b in brokers) and tls is None:
+        raise AgentError(
+            "agent config: mqtts:// brokers need a [tls] section with the fleet's CA (ca or ca_pem)"
+        )
     return AgentConfig(
+        tls=tls,
         device=name,
         brokers=brokers,
         username=username,
@@ -180,6 +192,43 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
         status_poll_s=float(poll),
         clock_skew_ms=skew,
     )
+
+
+def _pem(sec: Mapping[str, Any], name: str, base_dir: Path | None, marker: str) -> str | None:
+    """A PEM given inline (``<name>_pem``) or as a file path (``<name>``)."""
+    inline, path = sec.get(f"{name}_pem"), sec.get(name)
+    if inline is not None and path is not None:
+        raise AgentError(f"agent config: [tls] give {name} or {name}_pem, not both")
+    if path is not None:
+        if not isinstance(path, str) or not path:
+            raise AgentError(f"agent config: [tls] {name} must be a file path")
+        file = Path(path).expanduser()
+        if not file.is_absolute() and base_dir is not None:
+            file = base_dir / file
+        try:
+            inline = file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AgentError(f"agent config: [tls] cannot read {name} file {file}: {exc}") from exc
+    if inline is None:
+        return None
+    if not isinstance(inline, str) or marker not in inline:
+        raise AgentError(f"agent config: [tls] {name} is not a PEM {marker.lower()}")
+    return inline
+
+
+def _parse_tls(sec: Any, base_dir: Path | None) -> TlsSettings | None:
+    if sec is None:
+        return None
+    if not isinstance(sec, Mapping):
+        raise AgentError("agent config: [tls] must be a table")
+    ca = _pem(sec, "ca", base_dir, "CERTIFICATE")
+    if ca is None:
+        raise AgentError("agent config: [tls] needs the fleet's CA (ca or ca_pem)")
+    cert = _pem(sec, "cert", base_dir, "CERTIFICATE")
+    key = _pem(sec, "key", base_dir, "PRIVATE KEY")
+    if (cert is None) != (key is None):
+        raise AgentError("agent config: [tls] a client certificate needs its key, and the other way round")
+    return TlsSettings(ca_pem=ca, cert_pem=cert, key_pem=key)
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -128,6 +128,15 @@ def up(
     demo: Annotated[
         bool, typer.Option(help="Also run a demo agent attached to a simulated printer.")
     ] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="MQTT over TLS (a local CA is created when none is given).")
+    ] = False,
+    tls_ca: Annotated[
+        Path | None, typer.Option("--tls-ca", help="Directory with ca.pem and ca.key (or server.pem/.key).")
+    ] = None,
+    mtls: Annotated[
+        bool, typer.Option("--mtls", help="Also require client certificates (implies --tls).")
+    ] = False,
 ) -> None:
     """Run the controller, the HTTP API and (unless --broker) the embedded broker."""
     from cloud.config import ControllerConfig, DataDir, parse_hostport
@@ -142,6 +151,9 @@ def up(
             http_bind=parse_hostport(http_bind),
             external_broker=broker,
             advertise=tuple(advertise or ()),
+            tls=tls or mtls or tls_ca is not None,
+            tls_dir=tls_ca,
+            mtls=mtls,
         )
         from cloud.runner import serve
 
