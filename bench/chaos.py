@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after the last submission, keep killing until drained or this many seconds pass",
     )
     p.add_argument("--drain-timeout", type=float, default=600.0)
+    p.add_argument(
+        "--submit-for",
+        type=float,
+        default=None,
+        help="stop submitting after this many seconds (the report says how many of --jobs went in)",
+    )
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     return p.parse_args(argv)
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         filler_lines=args.filler_lines,
         chaos_tail_s=args.chaos_tail,
         drain_timeout_s=args.drain_timeout,
+        submit_for_s=args.submit_for,
         submit_timeout_s=max(600.0, args.jobs * 0.5),
     )
     report = asyncio.run(run_chaos(config))

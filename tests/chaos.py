@@ -244,11 +244,17 @@ class ChaosConfig:
     drain_timeout_s: float = 120.0
     #: Bound on the whole submission phase (a job not accepted by then counts as lost).
     submit_timeout_s: float = 600.0
+    #: Stop handing out new jobs after this many seconds (None: submit all ``jobs``). The jobs not
+    #: submitted are left out of the check, and the report says how many were.
+    submit_for_s: float | None = None
     #: Simulated print speed (bytes/s; None: instant) and lines of filler per job (about 45 bytes
     #: each): the longer a job takes to print, the more kills land inside a write.
     printer_bytes_per_s: float | None = 2000.0
     filler_lines: int = 6
     start_timeout_s: float = 60.0
+    #: Sabotage, to prove the checker fails when delivery breaks: delete the agent's journal at every
+    #: agent kill (the agent forgets what it printed and what it was printing). Never in a real run.
+    wipe_journal_on_kill: bool = False
 
 
 @dataclass(kw_only=True)
@@ -268,6 +274,7 @@ class ChaosReport:
     tracebacks: dict[str, int]
     problems: list[str]
     out_of_order: int | None = None
+    submitted_of: int | None = None
     open_at_drain: list[str] = field(default_factory=list)
 
     @property
@@ -283,7 +290,9 @@ class ChaosReport:
         broker_kills = self.kills["controller"] if c.broker == "embedded" else self.kills["broker"]
         states = " ".join(f"{s}={n}" for s, n in sorted(v.states.items()) if s not in ("printed", "unknown"))
         return (
-            f"chaos broker={c.broker} seed={c.seed}: jobs={v.jobs} printed={v.states['printed']}"
+            f"chaos broker={c.broker} seed={c.seed}: jobs={v.jobs}"
+            + (f" (of {self.submitted_of} planned)" if self.submitted_of else "")
+            + f" printed={v.states['printed']}"
             f" unknown={v.states['unknown']}" + (f" {states}" if states else "") + " failed="
             f"{v.states['failed']} duplicates={v.duplicates} lost={v.lost}"
             f" | kills agent={self.kills['agent']} (in a write: {self.kills_in_write},"
@@ -382,6 +391,12 @@ def journal_in_write(path: Path) -> set[str]:
         db.close()
 
 
+def wipe_journal(path: Path) -> None:
+    """Sabotage only: delete an agent journal (and its WAL files)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -418,6 +433,7 @@ class ChaosRun:
         self._locks = {name: asyncio.Lock() for name in ("agent", "controller", "broker")}
         self._up: dict[str, bool] = {"agent": False, "controller": False, "broker": False}
         self.open_at_drain: list[str] = []
+        self.planned = config.jobs
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -541,6 +557,8 @@ class ChaosRun:
                     if in_write:
                         self.kills_in_write += 1
                         self.in_write_ids |= in_write
+                    if self.cfg.wipe_journal_on_kill:
+                        await asyncio.to_thread(wipe_journal, self.journal_path)
                 case "controller":
                     assert self.controller is not None
                     await self.controller.kill()
@@ -662,13 +680,17 @@ class ChaosRun:
         workers = [asyncio.create_task(worker(), name=f"submitter-{i}") for i in range(self.cfg.submitters)]
         try:
             seq = 0
+            started = loop.time()
             while seq < self.cfg.jobs:
+                if self.cfg.submit_for_s is not None and loop.time() - started > self.cfg.submit_for_s:
+                    break
                 burst = min(self.cfg.jobs - seq, rng.randint(1, 20))
                 for _ in range(burst):
                     await queue.put(seq)
                     seq += 1
                 if self.cfg.submit_rate:
                     await asyncio.sleep(rng.expovariate(self.cfg.submit_rate / burst))  # workload pacing
+            self.planned = seq
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
@@ -720,7 +742,7 @@ class ChaosRun:
                             state = f"http {resp.status_code}"
             return JobOutcome(seq=seq, marker=mark, copies=copies, job_id=job_id, state=state, detail=detail)
 
-        return list(await asyncio.gather(*(one(s) for s in range(self.cfg.jobs))))
+        return list(await asyncio.gather(*(one(s) for s in range(self.planned))))
 
     # -- everything ------------------------------------------------------------------------
 
@@ -843,6 +865,7 @@ class ChaosRun:
             problems=self.problems,
             out_of_order=late if order else None,
             open_at_drain=self.open_at_drain,
+            submitted_of=cfg.jobs if self.planned < cfg.jobs else None,
         )
 
     def _controller_order(self) -> dict[str, int]:
@@ -891,6 +914,7 @@ def report_json(report: ChaosReport) -> str:
             "broker": report.config.broker,
             "seed": report.config.seed,
             "jobs": v.jobs,
+            "planned": report.submitted_of or v.jobs,
             "states": dict(v.states),
             "duplicates": v.duplicates,
             "lost": v.lost,

@@ -202,3 +202,26 @@ def test_an_instruction_overtaken_by_a_later_one_is_not_a_replay() -> None:
     assert guard.accept(later)
     assert guard.accept(earlier), "a first delivery, never seen before, was refused as replayed or too old"
     assert not guard.accept(earlier), "a real replay must still be refused"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_chaos_run_fails_when_the_agent_forgets_its_journal(tmp_path: Path) -> None:
+    """Sabotage: the agent's journal is deleted at every kill. Jobs it had acknowledged are then
+    neither printed nor ended, and the same run's checker must say so."""
+    config = ChaosConfig(
+        workdir=tmp_path / "chaos",
+        broker="embedded",
+        seed=5,
+        jobs=40,
+        weights={"agent": 1.0},
+        kill_every_s=2.0,
+        chaos_tail_s=3.0,
+        drain_timeout_s=20.0,
+        wipe_journal_on_kill=True,
+    )
+    async with asyncio.timeout(260):
+        report = await run_chaos(config)
+    print("\n" + report.line())
+    assert not report.ok, report.details()
+    assert report.verdict.lost > 0 or report.verdict.duplicates > 0, report.details()
