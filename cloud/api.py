@@ -367,6 +367,33 @@ def create_app(ctx: ApiContext) -> FastAPI:
         await ctx.registry.revoke_token(name)
         return {"revoked": name}
 
+    @app.get("/v1/keys")
+    async def list_keys(_t: Admin) -> list[dict[str, object]]:
+        trust = [(d.name, d.trusted_kids) for d in await ctx.registry.list_devices()]
+        return ctx.controller.keyring.describe(trust)
+
+    @app.post("/v1/keys/rotate")
+    async def rotate_keys(_t: Admin) -> dict[str, Any]:
+        """A new signing key; every device is sent the new key list, signed by a key it trusts."""
+        new = await ctx.controller.rotate_keys()
+        return {"active": new.kid, "keys": [k.kid for k in ctx.controller.keyring.keys]}
+
+    @app.delete("/v1/keys/{kid}")
+    async def retire_key(kid: str, _t: Admin) -> dict[str, Any]:
+        still = [
+            d.name
+            for d in await ctx.registry.list_devices()
+            if d.trusted_kids
+            and kid in d.trusted_kids
+            and ctx.controller.keyring.active.kid not in d.trusted_kids
+        ]
+        if still:
+            raise ControllerError(
+                f"devices still trust only this key: {', '.join(still)}; they would be cut off", status=409
+            )
+        ctx.controller.keyring.retire(kid)
+        return {"retired": kid}
+
     @app.get("/v1/audit")
     async def audit(
         _t: Admin,

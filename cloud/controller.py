@@ -22,6 +22,7 @@ from broker import Refusal
 from cloud.audit import Audit
 from cloud.config import ControllerConfig
 from cloud.jobs import QUEUED_ONLY, JobStore
+from cloud.keys import Keyring
 from cloud.models import Job
 from cloud.presence import Presence, PresenceChange
 from cloud.registry import Registry
@@ -48,7 +49,7 @@ class Controller:
         registry: Registry,
         jobs: JobStore,
         presence: Presence,
-        signing_key: wire.SigningKey,
+        keyring: Keyring,
         broker_host: str,
         broker_port: int,
         secret: str,
@@ -61,7 +62,9 @@ class Controller:
         self.registry = registry
         self.jobs = jobs
         self.presence = presence
-        self.key = signing_key
+        self.keyring = keyring
+        #: The signing key ids each device reported trusting (from its heartbeats).
+        self._trusted: dict[str, tuple[str, ...]] = {}
         self.peer = wire.Peer(role=wire.Role.CONTROLLER, name=config.controller_name)
         self._host = broker_host
         self._port = broker_port
@@ -83,6 +86,9 @@ class Controller:
 
     async def run(self) -> None:
         await self.presence.mark_all_unknown()
+        for device in await self.registry.list_devices():
+            if device.trusted_kids:
+                self._trusted[device.name] = tuple(device.trusted_kids)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mqtt_loop(), name="controller-mqtt")
@@ -97,7 +103,7 @@ class Controller:
         backoff = 0.2
         offline = wire.Envelope.build(
             wire.ControllerOffline(session=self.session_number), src=self.peer, dst="*", seq=0
-        ).signed(self.key)
+        ).signed(self.keyring.keys[-1])
         while True:
             try:
                 async with aiomqtt.Client(
@@ -115,9 +121,13 @@ class Controller:
                 ) as client:
                     for topic in wire.CONTROLLER_SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)
-                    online = self._envelope(
-                        wire.ControllerOnline(session=self.session_number, started_at=wire.now_ms()), "*"
-                    )
+                    # signed with the oldest key still in use: the one every peer trusts
+                    online = wire.Envelope.build(
+                        wire.ControllerOnline(session=self.session_number, started_at=wire.now_ms()),
+                        src=self.peer,
+                        dst="*",
+                        seq=self._seq.next(),
+                    ).signed(self.keyring.keys[-1])
                     await client.publish(wire.CONTROLLER_PRESENCE_TOPIC, online.encode(), qos=1, retain=True)
                     self._client = client
                     self.state = LinkState.CONNECTED
@@ -141,9 +151,20 @@ class Controller:
     # -- sending ------------------------------------------------------------------------------
 
     def _envelope(self, body: wire.Body, dst: wire.Peer | str, exp: int | None = None) -> wire.Envelope:
-        return wire.Envelope.build(body, src=self.peer, dst=dst, seq=self._seq.next(), exp=exp).signed(
-            self.key
-        )
+        key = self.keyring.active
+        if isinstance(dst, wire.Peer):
+            key = self.keyring.for_peer(self._trusted.get(dst.name))
+        return wire.Envelope.build(body, src=self.peer, dst=dst, seq=self._seq.next(), exp=exp).signed(key)
+
+    async def push_keys(self, peer: wire.Peer) -> None:
+        """Tell a peer which signing keys to trust (signed by one it trusts already)."""
+        await self.send(peer, wire.KeysUpdate(public_keys=tuple(self.keyring.public_keys())))
+
+    async def rotate_keys(self) -> wire.SigningKey:
+        new = self.keyring.rotate()
+        for name in await self.presence.online_devices():
+            await self.push_keys(_device_peer(name))
+        return new
 
     def instruction(self, body: wire.Body, dst: wire.Peer, *, exp: int | None = None) -> wire.Envelope:
         """An instruction: addressed, sequenced, signed, and valid for a bounded time only."""
@@ -218,6 +239,10 @@ class Controller:
                 change = await self.presence.on_heartbeat(name, hb)
                 if change is None:
                     return
+                if hb.kids:
+                    self._trusted[name] = hb.kids
+                    if set(hb.kids) != {k.kid for k in self.keyring.keys}:
+                        await self.push_keys(peer)
                 device = await self.registry.get_device(name)
                 await self.send(
                     peer,

@@ -38,6 +38,7 @@ class Device(Base):
     offline_reason: Mapped[str | None] = mapped_column(String(200), default=None)
     config_version: Mapped[int] = mapped_column(Integer, default=0)
     keepalive: Mapped[int] = mapped_column(Integer, default=10)
+    trusted_kids: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     printers: Mapped[list[Printer]] = relationship(back_populates="device", cascade="all, delete-orphan")

@@ -95,6 +95,8 @@ class Presence:
             came_online = not device.online or hb.session != device.session
             device.session = hb.session
             device.keepalive = hb.keepalive
+            if hb.kids:
+                device.trusted_kids = list(hb.kids)
             device.last_seen_at = now
             device.last_heartbeat_at = now
             if came_online:

@@ -14,17 +14,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import EmbeddedBroker, ListenerSpec, Refusal
 from cloud import db
 from cloud.api import ApiContext, create_app
 from cloud.audit import Audit
-from cloud.config import ControllerConfig, DataDir, parse_mqtt_url, write_private
+from cloud.config import ControllerConfig, parse_mqtt_url
 from cloud.controller import Controller
 from cloud.errors import ControllerError
 from cloud.jobs import JobFeed, JobStore
+from cloud.keys import Keyring
 from cloud.presence import Presence
 from cloud.registry import DbCredentials, Registry
 from printfleet import __version__, tls, wire
@@ -38,21 +37,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
-
-
-def load_or_create_signing_key(data_dir: DataDir) -> wire.SigningKey:
-    path = data_dir.signing_key_path
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ControllerError(f"{path} is not an Ed25519 private key")
-        return wire.SigningKey(kid=wire.key_id(key.public_key()), private=key)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_private(path, pem.decode())
-    return wire.SigningKey(kid=wire.key_id(key.public_key()), private=key)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,7 +77,7 @@ class ControllerService:
             self.jobs = JobStore(sessions, JobFeed())
             presence = Presence(sessions, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
             self.audit = Audit(sessions)
-            self.signing_key = load_or_create_signing_key(cfg.data_dir)
+            self.keyring = Keyring(cfg.data_dir)
             self.admin_token = cfg.data_dir.read_or_create_secret(cfg.data_dir.admin_token_path)
             await self.registry.ensure_admin_token(self.admin_token)
             secret = cfg.data_dir.read_or_create_secret(cfg.data_dir.controller_secret_path)
@@ -136,7 +120,7 @@ class ControllerService:
                 registry=self.registry,
                 jobs=self.jobs,
                 presence=presence,
-                signing_key=self.signing_key,
+                keyring=self.keyring,
                 broker_host=host,
                 broker_port=port,
                 secret=secret,
@@ -273,7 +257,7 @@ class ControllerService:
             "controller": {
                 "http": self.endpoints.advertised_http,
                 "name": self.config.controller_name,
-                "public_keys": [self.signing_key.public_b64()],
+                "public_keys": self.keyring.public_keys(),
             },
         }
         files = getattr(self, "tls_files", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -12,6 +13,7 @@ import uuid
 from enum import StrEnum
 
 import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device_agent.config import AgentConfig
 from device_agent.journal import Journal
@@ -56,6 +58,8 @@ class Agent:
         self._controller_session: int | None = None
         self._guards: dict[str, wire.ReplayGuard] = {}
         self._refusals: dict[str, wire.Refused] = {}
+        #: The controller signing keys trusted now: the config's, until a keys.update replaces them.
+        self._keys: dict[str, Ed25519PublicKey] = dict(config.public_keys)
         self.online = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
 
@@ -76,6 +80,9 @@ class Agent:
         try:
             offset = await self.journal.get_kv("clock_offset_ms")
             self.offset_ms = int(offset) if offset else 0
+            trusted = await self.journal.get_kv("trusted_keys")
+            if trusted:
+                self._keys = wire.parse_public_keys(json.loads(trusted))
             stored = await self.journal.get_kv("printers_config")
             if stored:
                 cfg = wire.PrintersConfig.model_validate_json(stored)
@@ -245,7 +252,7 @@ class Agent:
         topic = str(message.topic)
         try:
             env = wire.decode(payload)
-            env.verify(self.config.public_keys)
+            env.verify(self._keys)
         except wire.WireError as exc:
             log.warning("refused a message on %s: %s", topic, exc)
             await self._refuse(payload, str(exc))
@@ -322,6 +329,12 @@ class Agent:
                 await self._on_heartbeat_ack(env.parsed(wire.HeartbeatAck))
             case wire.MsgType.PRINTERS_CONFIG:
                 await self._on_printers_config(env.parsed(wire.PrintersConfig))
+            case wire.MsgType.KEYS_UPDATE:
+                update: wire.KeysUpdate = env.parsed(wire.KeysUpdate)
+                keys = wire.parse_public_keys(list(update.public_keys))
+                await self.journal.set_kv("trusted_keys", json.dumps(list(update.public_keys)))
+                self._keys = keys
+                log.info("trusting controller keys %s", ", ".join(sorted(keys)))
             case _:
                 raise wire.WireError(f"unexpected {env.type}")
 
@@ -400,6 +413,7 @@ class Agent:
                 config_version=max(self._config_version, 0),
                 pending_reports=await self.journal.pending_report_count(),
                 keepalive=self.config.keepalive,
+                kids=tuple(sorted(self._keys)),
             )
             await self._publish(wire.Channel.UP, hb)
             # the next heartbeat is due after the interval, or at once when a printer's status changes

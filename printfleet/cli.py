@@ -607,6 +607,38 @@ def tokens_revoke(name: str) -> None:
     out.print(f"token {name} revoked")
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="The controller's instruction-signing keys.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Signing keys, the active one first, with the devices that trust each."""
+    keys = call("GET", "/v1/keys")
+    if as_json:
+        emit_json(keys)
+        return
+    table = Table("key id", "active", "trusted by")
+    for k in keys:
+        table.add_row(k["kid"], "yes" if k["active"] else "", ", ".join(k["devices_trusting"]) or "-")
+    out.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; devices learn it (signed by a key they trust) without being cut off."""
+    result = call("POST", "/v1/keys/rotate")
+    out.print(f"active signing key is now {result['active']}; still trusted: {', '.join(result['keys'][1:])}")
+    out.print("retire the old key with `printfleet keys retire KID` once every device trusts the new one")
+
+
+@keys_app.command("retire")
+def keys_retire(kid: str) -> None:
+    """Stop using an old signing key (refused while a device trusts only that key)."""
+    call("DELETE", f"/v1/keys/{kid}")
+    out.print(f"key {kid} retired")
+
+
 @app.command("audit")
 def audit_cmd(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,

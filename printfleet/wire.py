@@ -240,6 +240,7 @@ class MsgType(StrEnum):
     JOB_CANCEL = "job.cancel"
     REPORT_ACK = "report.ack"
     PRINTERS_CONFIG = "printers.config"
+    KEYS_UPDATE = "keys.update"
     CONTROLLER_ONLINE = "controller.online"
     CONTROLLER_OFFLINE = "controller.offline"
 
@@ -328,6 +329,8 @@ class Heartbeat(Body):
     config_version: int = 0
     pending_reports: int = 0
     keepalive: int = Field(default=10, ge=1, le=3600)
+    #: Ids of the controller signing keys this peer trusts (the controller signs with one of them).
+    kids: tuple[str, ...] = Field(default=(), max_length=8)
 
 
 class HeartbeatAck(Body):
@@ -405,6 +408,17 @@ class PrintersConfig(Body):
     printers: tuple[PrinterSpec, ...] = Field(max_length=64)
 
 
+class KeysUpdate(Body):
+    """The controller's signing keys a peer must trust from now on (key rotation).
+
+    Signed by a key the peer already trusts; the list replaces the peer's trusted keys, so a key
+    left out is retired.
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.KEYS_UPDATE
+    public_keys: tuple[str, ...] = Field(min_length=1, max_length=8)
+
+
 class Refused(Body):
     """A peer refused an instruction (bad signature, replay, expired, misaddressed...).
 
@@ -443,6 +457,7 @@ BODY_TYPES: dict[MsgType, type[Body]] = {
         JobReport,
         ReportAck,
         PrintersConfig,
+        KeysUpdate,
         Refused,
         ControllerOnline,
         ControllerOffline,
@@ -462,6 +477,7 @@ DOWNSTREAM_TYPES = frozenset(
         MsgType.JOB_CANCEL,
         MsgType.REPORT_ACK,
         MsgType.PRINTERS_CONFIG,
+        MsgType.KEYS_UPDATE,
     }
 )
 
@@ -713,6 +729,7 @@ __all__ = [
     "JobPrint",
     "JobReport",
     "JobState",
+    "KeysUpdate",
     "MsgType",
     "Peer",
     "PrinterHealth",

@@ -363,3 +363,46 @@ async def test_bad_http_bodies(embedded_fleet: Fleet, body: bytes) -> None:
     )
     assert resp.status_code == 422
     assert "error" in resp.json()
+
+
+async def test_signing_key_rotation_cuts_nobody_off(embedded_fleet: Fleet) -> None:
+    """Rotate while one agent is online and one offline: both keep printing; the old key retires."""
+    fleet = embedded_fleet
+    async with PtyPrinter() as p1, PtyPrinter() as p2:
+        cfg1 = await fleet.add_device("on", p1.url, keepalive=4)
+        cfg2 = await fleet.add_device("off", p2.url, keepalive=4)
+        await fleet.start_agent(cfg1)
+        agent2 = await fleet.start_agent(cfg2)
+        await fleet.wait_device("off", lambda d: d["online"] and d["last_heartbeat_at"], timeout=20)
+        await fleet.wait_device("on", lambda d: d["online"] and d["last_heartbeat_at"], timeout=20)
+        old = (await fleet.cli("keys", "list", "--json")).json()[0]["kid"]
+        await agent2.stop()
+        await fleet.cli("keys", "rotate")
+        keys = (await fleet.cli("keys", "list", "--json")).json()
+        new = keys[0]["kid"]
+        assert keys[0]["active"] and new != old and keys[1]["kid"] == old
+
+        job = (await fleet.cli("print", "on", "--text", "after rotation", "--wait", "--json")).json()
+        assert job["state"] == "printed"
+        await fleet.start_agent(cfg2)  # it only trusts the old key: it must not be cut off
+        await fleet.wait_device("off", lambda d: d["online"], timeout=20)
+        job = (await fleet.cli("print", "off", "--text", "back after rotation", "--wait", "--json")).json()
+        assert job["state"] == "printed"
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while True:  # both devices report trusting the new key (from their heartbeats)
+            keys = (await fleet.cli("keys", "list", "--json")).json()
+            if sorted(keys[0]["devices_trusting"]) == ["off", "on"]:
+                break
+            assert loop.time() < deadline, keys
+            await asyncio.sleep(0.2)  # observer polling, bounded
+        await fleet.cli("keys", "retire", old)
+        assert [k["kid"] for k in (await fleet.cli("keys", "list", "--json")).json()] == [new]
+        for name in ("on", "off"):
+            job = (
+                await fleet.cli("print", name, "--text", f"{name} after retirement", "--wait", "--json")
+            ).json()
+            assert job["state"] == "printed"
+        refusals = [e for e in await _audit(fleet, limit=200) if e["action"] == "instruction.refused"]
+        assert refusals == []
