@@ -15,7 +15,7 @@ from enum import StrEnum
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device_agent.config import AgentConfig
+from device_agent.config import AgentConfig, AgentError
 from device_agent.journal import Journal
 from device_agent.worker import PortFactory, PrinterWorker
 from printfleet import __version__, tls, wire
@@ -83,6 +83,7 @@ class Agent:
             trusted = await self.journal.get_kv("trusted_keys")
             if trusted:
                 self._keys = wire.parse_public_keys(json.loads(trusted))
+            await self._check_journal_belongs_here()
             stored = await self.journal.get_kv("printers_config")
             if stored:
                 cfg = wire.PrintersConfig.model_validate_json(stored)
@@ -102,6 +103,19 @@ class Agent:
             for _worker, task in self._workers.values():
                 task.cancel()
             await self.journal.close()
+
+    async def _check_journal_belongs_here(self) -> None:
+        """A journal written under another controller (another fleet) must not drive this printer:
+        its pending jobs came from someone this configuration does not trust."""
+        fleet = await self.journal.get_kv("fleet_key")
+        known = set(self.config.public_keys) | set(self._keys)
+        if fleet is None:
+            await self.journal.set_kv("fleet_key", sorted(self.config.public_keys)[0])
+        elif fleet not in known:
+            raise AgentError(
+                f"the journal in {self.config.state_dir} belongs to another controller (key {fleet});"
+                " move it away or set [agent] state_dir to a new directory"
+            )
 
     # -- printers -----------------------------------------------------------------------------
 

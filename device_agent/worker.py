@@ -73,7 +73,9 @@ class PrinterWorker:
 
     @health.setter
     def health(self, value: wire.PrinterHealth) -> None:
-        changed = value.model_dump(exclude={"checked_at"}) != self._health.model_dump(exclude={"checked_at"})
+        changed = self._health.checked_at == 0 or value.model_dump(
+            exclude={"checked_at"}
+        ) != self._health.model_dump(exclude={"checked_at"})  # the first reading always counts as news
         self._health = value
         if changed and self._on_health is not None:
             self._on_health()
@@ -160,9 +162,11 @@ class PrinterWorker:
 
             async def on_held(reason: str) -> None:
                 await self._transition(job, S.HELD, detail=reason, copies_done=copies_done)
+                await self._refresh(port)  # the fault shows in `devices list` while the job is held
 
             async def on_resumed() -> None:
                 await self._transition(job, S.PRINTING, copies_done=copies_done)
+                await self._refresh(port)
 
             while copies_done < job.copies:
                 try:

@@ -517,9 +517,9 @@ def agent_run(
     _setup_logging(logging.INFO)
     try:
         cfg = load_config(config)
+        asyncio.run(_run_until_signal(Agent(cfg).run()))
     except PrintfleetError as exc:
         fail(str(exc))
-    asyncio.run(_run_until_signal(Agent(cfg).run()))
 
 
 async def _run_until_signal(coro: Any) -> None:

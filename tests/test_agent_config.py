@@ -82,3 +82,33 @@ def test_writer_escapes_strings() -> None:
     data = good()
     data["mqtt"]["password"] = 'quote" back\\slash\nnewline'
     assert parse_config(tomllib.loads(dump_config(data))).password == 'quote" back\\slash\nnewline'
+
+
+async def test_agent_refuses_a_journal_of_another_fleet(tmp_path: Path) -> None:
+    """A state directory left by another controller's agent must not print that fleet's jobs."""
+    import asyncio
+    import sys
+
+    from device_agent.journal import Journal
+
+    path = tmp_path / "agent.toml"
+    write_config(path, good())
+    journal = Journal(tmp_path / "state" / "journal.db")
+    await journal.open()
+    await journal.set_kv("fleet_key", "0123456789abcdef")  # written under another controller's key
+    await journal.close()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "printfleet",
+        "agent",
+        "run",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "belongs to another controller" in err.decode()
+    assert "Traceback" not in err.decode()

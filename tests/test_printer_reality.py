@@ -161,11 +161,6 @@ async def test_paper_out_mid_batch_every_job_prints_once(fleet: Fleet) -> None:
             assert [s for s, _ in history(shown)].count("printed") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="device_agent/worker.py refreshes printer health only between jobs: while PrinterLink holds"
-    " a job mid-print, `devices list` keeps the status read before the job (docs/printers.md, gaps)",
-)
 async def test_status_shows_paper_out_while_a_job_is_held_mid_print(embedded_fleet: Fleet) -> None:
     fleet = embedded_fleet
     async with PtyPrinter(drain_bytes_per_s=300) as printer:
