@@ -123,6 +123,12 @@ class MosquittoProcess:
         self.state = MosquittoState.NEW
 
     @property
+    def pid(self) -> int:
+        if self._proc is None or self._proc.returncode is not None:
+            raise BrokerError("mosquitto is not running")
+        return self._proc.pid
+
+    @property
     def port(self) -> int:
         """The plain listener's port."""
         if not self._plain_listener:

@@ -36,6 +36,9 @@ class ApiContext:
     agent_config: Callable[[str, str], dict[str, Any]]
     health: Callable[[], Awaitable[dict[str, Any]]]
     audit: Audit
+    #: Called after any change to who may connect (a no-op for the embedded broker, which reads
+    #: credentials live; rewrites mosquitto's files and reloads it otherwise).
+    credentials_changed: Callable[[], Awaitable[None]]
 
 
 class PrinterBody(BaseModel):
@@ -168,6 +171,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 flow_control=body.flow_control,
             ),
         )
+        await ctx.credentials_changed()
         if body.enroll:
             token, expires = await ctx.registry.create_enrollment(device.name, body.enroll_ttl)
             return {
@@ -192,28 +196,34 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """No bearer token: the one-time enrolment token is the credential."""
         device, secret = await ctx.registry.redeem_enrollment(body.token)
         request.state.actor = f"enroll:{device}"
+        await ctx.credentials_changed()
         return {"device": device, "agent_config": ctx.agent_config(device, secret)}
 
     @app.post("/v1/devices/{name}/disable")
     async def disable_device(name: str, _t: Admin) -> dict[str, Any]:
         device = await ctx.registry.set_enabled(name, False)
+        await ctx.credentials_changed()
         await ctx.controller.device_disabled(name)
         return device_view(device, wire.now_ms())
 
     @app.post("/v1/devices/{name}/enable")
     async def enable_device(name: str, _t: Admin) -> dict[str, Any]:
-        return device_view(await ctx.registry.set_enabled(name, True), wire.now_ms())
+        device = await ctx.registry.set_enabled(name, True)
+        await ctx.credentials_changed()
+        return device_view(device, wire.now_ms())
 
     @app.post("/v1/devices/{name}/rotate")
     async def rotate_device(name: str, _t: Admin) -> dict[str, Any]:
         """New credentials for a device; its queued work stays queued for it."""
         secret = await ctx.registry.rotate_secret(name)
+        await ctx.credentials_changed()
         await ctx.controller.device_disabled(name)  # drop the session that used the old secret
         return {"device": name, "agent_config": ctx.agent_config(name, secret)}
 
     @app.delete("/v1/devices/{name}")
     async def remove_device(name: str, _t: Admin) -> dict[str, Any]:
         printers = await ctx.registry.remove_device(name)
+        await ctx.credentials_changed()
         await ctx.controller.device_removed(name, printers)
         return {"removed": name, "printers": printers}
 

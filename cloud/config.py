@@ -146,4 +146,8 @@ class ControllerConfig:
     tls: bool = False
     tls_dir: Path | None = None
     mtls: bool = False
+    #: With an external mosquitto: the directory of its passwd/acl files, kept in step with the
+    #: registry, and the command that makes it reload them (e.g. "systemctl reload mosquitto").
+    mosquitto_dir: Path | None = None
+    mosquitto_reload: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -19,6 +19,7 @@ from broker import EmbeddedBroker, ListenerSpec, Refusal
 from cloud import db
 from cloud.api import ApiContext, create_app
 from cloud.audit import Audit
+from cloud.broker_sync import MosquittoSync
 from cloud.config import ControllerConfig, parse_mqtt_url
 from cloud.controller import Controller
 from cloud.errors import ControllerError
@@ -83,6 +84,12 @@ class ControllerService:
             secret = cfg.data_dir.read_or_create_secret(cfg.data_dir.controller_secret_path)
             await self.registry.ensure_controller_credential(secret)
             session_number = await self.registry.next_counter("controller_session")
+            self.mosquitto_sync: MosquittoSync | None = None
+            if cfg.external_broker and cfg.mosquitto_dir is not None:
+                self.mosquitto_sync = MosquittoSync(
+                    cfg.mosquitto_dir, cfg.mosquitto_reload, DbCredentials(self.registry, cfg.controller_name)
+                )
+                await self.mosquitto_sync.sync()
 
             tls_ctx: ssl.SSLContext | None = None
             if cfg.external_broker:
@@ -140,6 +147,7 @@ class ControllerService:
                     agent_config=self.agent_config,
                     health=self.health,
                     audit=self.audit,
+                    credentials_changed=self._credentials_changed,
                 )
             )
             server = _Server(
@@ -237,6 +245,10 @@ class ControllerService:
             cert, key = files.client(self._ctl_client_id)
             return tls.client_context(files.ca_cert, cert, key)
         return tls.client_context(files.ca_cert)
+
+    async def _credentials_changed(self) -> None:
+        if self.mosquitto_sync is not None:
+            await self.mosquitto_sync.sync()
 
     def _broker_refusal(self, refusal: Refusal) -> None:
         controller = getattr(self, "controller", None)

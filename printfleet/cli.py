@@ -137,6 +137,14 @@ def up(
     mtls: Annotated[
         bool, typer.Option("--mtls", help="Also require client certificates (implies --tls).")
     ] = False,
+    mosquitto_dir: Annotated[
+        Path | None,
+        typer.Option(help="With --broker: mosquitto's directory whose passwd/acl files are kept in step."),
+    ] = None,
+    mosquitto_reload: Annotated[
+        str | None,
+        typer.Option(help="Command that makes mosquitto reload them (e.g. 'systemctl reload mosquitto')."),
+    ] = None,
 ) -> None:
     """Run the controller, the HTTP API and (unless --broker) the embedded broker."""
     from cloud.config import ControllerConfig, DataDir, parse_hostport
@@ -154,6 +162,8 @@ def up(
             tls=tls or mtls or tls_ca is not None,
             tls_dir=tls_ca,
             mtls=mtls,
+            mosquitto_dir=mosquitto_dir,
+            mosquitto_reload=mosquitto_reload,
         )
         from cloud.runner import serve
 

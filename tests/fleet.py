@@ -153,10 +153,10 @@ class Fleet:
         return cfg
 
     async def sync_broker_credentials(self, username: str, password: str) -> None:
-        """mosquitto reads its password file on SIGHUP: re-export and wait until it accepts the device."""
+        """mosquitto reloads its password file on SIGHUP (sent by the controller): wait until it
+        accepts the device."""
         if self.mosquitto is None:
             return
-        await self.mosquitto.update_credentials(await DbCredentials(self.svc.registry, "main").all())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
         while True:
@@ -224,6 +224,12 @@ async def running_fleet(root: Path, broker_kind: str, **config: Any) -> AsyncIte
             (root / "mosquitto").mkdir()
             mosq = await stack.enter_async_context(MosquittoProcess(root / "mosquitto", creds))
             external = f"mqtt://127.0.0.1:{mosq.port}"
+            # the controller keeps mosquitto's passwd/acl in step and makes it reload (SIGHUP)
+            config = {
+                "mosquitto_dir": root / "mosquitto",
+                "mosquitto_reload": f"kill -HUP {mosq.pid}",
+                **config,
+            }
         settings: dict[str, Any] = {"mqtt_bind": ("127.0.0.1", 0), "http_bind": ("127.0.0.1", 0), **config}
         cfg = ControllerConfig(data_dir=dd, db_url=dd.db_url, external_broker=external, **settings)
         svc = await stack.enter_async_context(ControllerService(cfg))
