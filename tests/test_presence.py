@@ -51,13 +51,18 @@ async def test_controller_restart_keeps_devices(tmp_path) -> None:  # type: igno
         async with running_fleet(tmp_path, "embedded") as fleet:
             cfg = await fleet.add_device("k3", printer.url, keepalive=KEEPALIVE)
             agent = await fleet.start_agent(cfg)
-            await fleet.wait_device("k3", lambda d: d["online"], timeout=20)
-            port = fleet.svc.broker.bound_addresses[0][1]  # type: ignore[union-attr]
-            fleet.agents.clear()
-        # the agent keeps running while the whole controller (and its embedded broker) is down
-        async with running_fleet(tmp_path, "embedded", mqtt_bind=("127.0.0.1", port)) as fleet:
-            fleet.agents.append(agent)
-            await fleet.wait_device("k3", lambda d: d["online"], timeout=30)
-            res = await fleet.cli("print", "k3", "--text", "after controller restart", "--wait", "--json")
-            assert res.json()["state"] == "printed"
-        await asyncio.wait_for(agent.stop(), 15)
+            fleet.agents.clear()  # this test stops the agent itself, whatever happens
+            try:
+                await fleet.wait_device("k3", lambda d: d["online"], timeout=20)
+                port = fleet.svc.broker.bound_addresses[0][1]  # type: ignore[union-attr]
+            except BaseException:
+                await agent.stop()
+                raise
+        try:
+            # the agent keeps running while the whole controller (and its embedded broker) is down
+            async with running_fleet(tmp_path, "embedded", mqtt_bind=("127.0.0.1", port)) as fleet:
+                await fleet.wait_device("k3", lambda d: d["online"], timeout=30)
+                res = await fleet.cli("print", "k3", "--text", "after controller restart", "--wait", "--json")
+                assert res.json()["state"] == "printed"
+        finally:
+            await asyncio.wait_for(agent.stop(), 15)
