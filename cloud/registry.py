@@ -88,6 +88,7 @@ def printer_spec(printer: Printer) -> wire.PrinterSpec:
         profile=printer.profile,
         flow_control=printer.flow_control,  # type: ignore[arg-type]
         status_queries=profile.status_queries,
+        asb=profile.asb,
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from device_agent.printer import JobPhase, JobProgress, PrinterLink, PrintOutcome
 from printfleet import wire
 from printfleet.escpos.profiles import PROFILE_NAMES, get_profile
+from printfleet.escpos.status import to_health
 
 
 class LinkPort:
@@ -19,6 +21,12 @@ class LinkPort:
 
     async def health(self) -> wire.PrinterHealth:
         return await self._link.health()
+
+    async def status_changes(self) -> AsyncGenerator[wire.PrinterHealth, None]:
+        """Status changes the printer reports by itself (ASB), as wire health."""
+        async with contextlib.aclosing(self._link.status_changes()) as changes:
+            async for status in changes:
+                yield to_health(status, wire.now_ms())
 
     async def print_job(
         self,
@@ -39,5 +47,5 @@ class LinkPort:
 @asynccontextmanager
 async def open_port(spec: wire.PrinterSpec) -> AsyncIterator[LinkPort]:
     gs_paren_h = spec.profile in PROFILE_NAMES and get_profile(spec.profile).gs_paren_h
-    async with PrinterLink(spec) as link:
+    async with PrinterLink(spec, asb=spec.asb) as link:
         yield LinkPort(link, gs_paren_h=gs_paren_h)

@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -414,7 +414,7 @@ class PrinterLink:
             with contextlib.suppress(ValueError):
                 self._asb_waiters.remove(asb)
 
-    async def status_changes(self) -> AsyncIterator[PrinterStatus]:
+    async def status_changes(self) -> AsyncGenerator[PrinterStatus, None]:
         """Each status the printer reports by ASB that differs from the one before, as it arrives.
 
         Needs ``asb=True`` and a printer that supports ASB (:attr:`asb_active`); otherwise it yields

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
 from device_agent.journal import Journal, JournalJob
@@ -30,6 +30,8 @@ class PrinterPort(Protocol):
     """What a worker needs from a printer connection (see :mod:`device_agent.link`)."""
 
     async def health(self) -> wire.PrinterHealth: ...
+
+    def status_changes(self) -> AsyncGenerator[wire.PrinterHealth, None]: ...
 
     async def print_job(
         self,
@@ -98,8 +100,10 @@ class PrinterWorker:
         backoff = 0.5
         while True:
             try:
-                async with self._factory(self.spec) as port:
+                async with self._factory(self.spec) as port, asyncio.TaskGroup() as tg:
                     backoff = 0.5
+                    if self.spec.asb:
+                        tg.create_task(self._follow_asb(port), name=f"asb-{self.spec.name}")
                     await self._serve(port)
             except asyncio.CancelledError:
                 raise
@@ -111,6 +115,13 @@ class PrinterWorker:
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff)
                 self._wake.clear()
                 backoff = min(backoff * 2, 10.0)
+
+    async def _follow_asb(self, port: PrinterPort) -> None:
+        """Status the printer reports by itself: shown at once, and a held job resumes at once."""
+        async with contextlib.aclosing(port.status_changes()) as changes:
+            async for health in changes:
+                self.health = health.model_copy(update={"checked_at": self._ctl_now()})
+                self._wake.set()
 
     async def _hold_waiting_jobs(self, reason: str) -> None:
         job = await self._journal.next_waiting(self.spec.name)

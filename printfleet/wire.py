@@ -301,6 +301,8 @@ class PrinterSpec(BaseModel):
     status_queries: bool = True
     chunk_size: int = Field(default=1024, ge=16, le=65536)
     window: int = Field(default=3, ge=1, le=64)
+    #: Enable Automatic Status Back (GS a): the printer reports status changes by itself.
+    asb: bool = False
 
 
 class Birth(Body):

@@ -314,3 +314,21 @@ async def test_no_status_profile_on_a_mute_printer_prints_unconfirmed(embedded_f
         await api_until(fleet, "/v1/printers/till-d2", lambda p: p["status"] == "not responding", bound)
         printers = (await fleet.cli("printers", "list", "--json")).json()
         assert {p["name"]: p["status"] for p in printers}["till-d2"] == "not responding"
+
+
+async def test_asb_profile_reports_a_fault_at_once(embedded_fleet: Fleet) -> None:
+    """With Automatic Status Back (epson-tm-t88 profile), an idle printer's fault reaches `devices list`
+    without waiting for the 5 s status poll, and a held job resumes as soon as the printer says so."""
+    fleet = embedded_fleet
+    async with PtyPrinter() as printer:
+        cfg = await add_host(fleet, "tm-1", printer.url, profile="epson-tm-t88")
+        await fleet.start_agent(cfg)
+        await fleet.wait_device("tm-1", lambda d: printer_status([d], "tm-1") == "ready", 20)
+        printer.set_fault(paper_out=True)
+        took = await fleet.wait_device("tm-1", lambda d: printer_status([d], "tm-1") == "paper out", 10)
+        print(f"\n[printer-reality] ASB fault -> devices list: {took:.2f} s (status poll every 5 s)")
+        assert took < 2.5
+        job_id = await submit(fleet, "tm-1", "asb resume")
+        printer.clear_faults()
+        job = await fleet.api("GET", f"/v1/jobs/{job_id}/wait", params={"timeout": 30}, timeout=40)
+        assert job.json()["state"] == "printed"

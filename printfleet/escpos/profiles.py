@@ -40,6 +40,9 @@ class PrinterProfile:
     native_qr: bool = True
     #: The printer has a buzzer driven by ESC B n t.
     buzzer: bool = False
+    #: The printer sends Automatic Status Back (GS a) blocks when enabled: status changes are
+    #: learnt at once instead of at the next poll.
+    asb: bool = False
     #: At most this many data bytes per GS v 0 raster band, so that a transport can pace between bands.
     raster_band_bytes: int = 1024
 
@@ -86,7 +89,9 @@ PROFILES: Final = MappingProxyType(
             ),
             # Epson TM-T88 (V and later): 180 dpi, 512 dots (72 mm) printable, 42 columns in font A;
             # answers GS ( H fn 48 once a job is printed.
-            PrinterProfile(name="epson-tm-t88", paper_width_dots=512, chars_per_line=42, gs_paren_h=True),
+            PrinterProfile(
+                name="epson-tm-t88", paper_width_dots=512, chars_per_line=42, gs_paren_h=True, asb=True
+            ),
             # An 80 mm printer that cannot answer status queries (one-way link or a mute clone).
             PrinterProfile(name="no-status", paper_width_dots=576, chars_per_line=48, status_queries=False),
         )
