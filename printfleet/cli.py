@@ -137,6 +137,10 @@ def up(
     mtls: Annotated[
         bool, typer.Option("--mtls", help="Also require client certificates (implies --tls).")
     ] = False,
+    payload_retention_hours: Annotated[
+        float,
+        typer.Option(min=0.01, help="Purge the print data of finished jobs after this long (history stays)."),
+    ] = 168.0,
     mosquitto_dir: Annotated[
         Path | None,
         typer.Option(help="With --broker: mosquitto's directory whose passwd/acl files are kept in step."),
@@ -164,6 +168,7 @@ def up(
             mtls=mtls,
             mosquitto_dir=mosquitto_dir,
             mosquitto_reload=mosquitto_reload,
+            payload_retention_s=payload_retention_hours * 3600,
         )
         from cloud.runner import serve
 
