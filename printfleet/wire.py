@@ -665,11 +665,14 @@ def parse_public_keys(encoded: Mapping[str, str] | list[str]) -> dict[str, Ed255
 class ReplayGuard:
     """Refuses an envelope sequence number seen before (a replay), allowing for reordering.
 
-    Numbers above ``floor`` are accepted once each; anything at or below ``max - window`` is refused
-    (too old to tell apart from a replay). ``floor`` is the highest number accepted before a restart.
+    Numbers above ``floor`` are accepted once each. A number more than ``window`` below the highest
+    one seen is refused as too old to tell apart from a replay; the default window (15 minutes of
+    the controller's microsecond sequence) is longer than an instruction may live (``exp``), so an
+    instruction overtaken in transit by later ones is still accepted. ``floor`` is the highest
+    number accepted before a restart.
     """
 
-    def __init__(self, floor: int = 0, *, window: int = 1024) -> None:
+    def __init__(self, floor: int = 0, *, window: int = 900_000_000) -> None:
         self.max_seq = floor
         self._floor = floor
         self._window = window
@@ -681,9 +684,9 @@ class ReplayGuard:
         self._recent.add(seq)
         if seq > self.max_seq:
             self.max_seq = seq
-            low = seq - self._window
-            if len(self._recent) > 2 * self._window:
-                self._recent = {s for s in self._recent if s > low}
+        if len(self._recent) > 4096:
+            low = self.max_seq - self._window
+            self._recent = {s for s in self._recent if s > low}
         return True
 
 

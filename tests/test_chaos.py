@@ -188,12 +188,6 @@ async def test_chaos_every_job_prints_exactly_once(broker: str, tmp_path: Path) 
 # -- reproductions of defects the chaos run found (strict xfail: they turn red once fixed) ---------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ReplayGuard's reordering window is 1024 sequence numbers, but Sequencer numbers are the"
-    " controller's clock in microseconds: an instruction overtaken by one sent more than ~1 ms later"
-    " (the broker flushing a persistent session's queue after live traffic) is refused as a replay",
-)
 def test_an_instruction_overtaken_by_a_later_one_is_not_a_replay() -> None:
     seq = wire.Sequencer()
     earlier = seq.next()

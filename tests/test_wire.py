@@ -142,3 +142,18 @@ def test_job_states_are_lowercase_words() -> None:
         "cancelled",
         "unknown",
     }
+
+
+def test_replay_guard_accepts_reordering_and_refuses_replays() -> None:
+    guard = wire.ReplayGuard(floor=1_000)
+    assert not guard.accept(1_000)  # at or below the floor persisted before a restart
+    assert guard.accept(5_000_000)
+    assert guard.accept(1_001)  # overtaken in transit by a later one: still a first delivery
+    assert not guard.accept(1_001)
+    assert not guard.accept(5_000_000)
+    far = 5_000_000 + 900_000_001
+    assert guard.accept(far)
+    assert not guard.accept(4_999_999)  # older than the window: cannot be told from a replay
+    for i in range(5000):  # the memory of seen numbers stays bounded
+        assert guard.accept(far + 1 + i)
+    assert not guard.accept(far + 10)
