@@ -185,10 +185,12 @@ async def test_chaos_every_job_prints_exactly_once(broker: str, tmp_path: Path) 
     assert report.paper_out_episodes >= 1, details
 
 
-# -- reproductions of defects the chaos run found (strict xfail: they turn red once fixed) ---------
+# -- regressions: defects the chaos run found ------------------------------------------------------
 
 
 def test_an_instruction_overtaken_by_a_later_one_is_not_a_replay() -> None:
+    """Seen in the chaos runs on the embedded broker: after an agent restart, amqtt delivered the
+    messages queued for its session after newer ones, and the replay guard refused them."""
     seq = wire.Sequencer()
     earlier = seq.next()
     later = earlier + 2_000  # what the controller's Sequencer returns 2 ms later
