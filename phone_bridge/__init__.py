@@ -1,0 +1,73 @@
+"""The phone bridge: prints over Bluetooth LE when the cloud path to a printer is down.
+
+Public API so far (the BLE test backend spike; see docs/ble.md):
+
+* :mod:`phone_bridge.profiles` (pure data, no I/O): :data:`PROFILES` in the order the bridge tries
+  them, :func:`resolve_profile` (with the fallback rule), the identity challenge
+  (:data:`IDENTITY_SERVICE_UUID`, :func:`identity_message`, :func:`verify_identity`).
+* :mod:`phone_bridge.bleak_bumble`: :class:`BumbleRadio`, a bleak backend over bumble
+  (``backend=radio.scanner_backend`` / ``radio.client_backend``).
+* :mod:`phone_bridge.virtual_printer`: :class:`VirtualPrinter`, :class:`VirtualPrinterConfig`,
+  :class:`Impostor`, :class:`VirtualRadioServer`.
+
+The last two need ``bumble`` (a test dependency) and are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from phone_bridge.profiles import (
+    IDENTITY_NONCE_UUID,
+    IDENTITY_SERVICE_UUID,
+    IDENTITY_SIGNATURE_UUID,
+    PROFILES,
+    GattProfile,
+    PrintChannel,
+    identity_message,
+    resolve_profile,
+    verify_identity,
+)
+
+if TYPE_CHECKING:
+    from phone_bridge.bleak_bumble import BumbleRadio
+    from phone_bridge.virtual_printer import (
+        Impostor,
+        VirtualPrinter,
+        VirtualPrinterConfig,
+        VirtualRadioServer,
+    )
+
+_LAZY = {
+    "BumbleRadio": "phone_bridge.bleak_bumble",
+    "Impostor": "phone_bridge.virtual_printer",
+    "VirtualPrinter": "phone_bridge.virtual_printer",
+    "VirtualPrinterConfig": "phone_bridge.virtual_printer",
+    "VirtualRadioServer": "phone_bridge.virtual_printer",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "IDENTITY_NONCE_UUID",
+    "IDENTITY_SERVICE_UUID",
+    "IDENTITY_SIGNATURE_UUID",
+    "PROFILES",
+    "BumbleRadio",
+    "GattProfile",
+    "Impostor",
+    "PrintChannel",
+    "VirtualPrinter",
+    "VirtualPrinterConfig",
+    "VirtualRadioServer",
+    "identity_message",
+    "resolve_profile",
+    "verify_identity",
+]
