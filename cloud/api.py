@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.audit import Audit, audit_view
+from cloud.commands import CommandStore, command_view
 from cloud.controller import Controller
 from cloud.errors import ControllerError
 from cloud.jobs import JobStore, Submission, job_view
@@ -39,6 +40,7 @@ class ApiContext:
     #: Called after any change to who may connect (a no-op for the embedded broker, which reads
     #: credentials live; rewrites mosquitto's files and reloads it otherwise).
     credentials_changed: Callable[[], Awaitable[None]]
+    commands: CommandStore
 
 
 class PrinterBody(BaseModel):
@@ -64,6 +66,21 @@ class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=64)
     scope: Literal["admin", "print", "read"]
+
+
+class CommandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    action: str = Field(min_length=1, max_length=32)
+    target: str | None = Field(default=None, max_length=80)
+    all: bool = False
+    args: dict[str, Any] = Field(default_factory=dict)
+    expires: float = Field(default=3600.0, ge=1, le=30 * 24 * 3600)
+    timeout: float = Field(default=60.0, gt=0, le=24 * 3600)
+
+
+class TagsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    tags: list[str] = Field(max_length=32)
 
 
 class EnrollIn(BaseModel):
@@ -355,6 +372,83 @@ def create_app(ctx: ApiContext) -> FastAPI:
         job = await ctx.jobs.reprint(job_id, tok.name)
         ctx.controller.wake_outbox()
         return job_view(job, events=True)
+
+    # -- maintenance commands -----------------------------------------------------------------
+
+    @app.post("/v1/devices/{name}/tags")
+    async def set_tags(name: str, body: TagsIn, _t: Admin) -> dict[str, Any]:
+        for tag in body.tags:
+            try:
+                wire.check_name(tag, "tag")
+            except wire.WireError as exc:
+                raise ControllerError(str(exc)) from exc
+        device = await ctx.registry.set_tags(name, sorted(set(body.tags)))
+        return device_view(device, wire.now_ms())
+
+    @app.post("/v1/commands", status_code=201)
+    async def create_commands(body: CommandIn, tok: Admin) -> dict[str, Any]:
+        if body.all == (body.target is not None):
+            raise ControllerError("give a target (device name or tag:NAME) or all, not both", status=422)
+        devices = await ctx.commands.targets(body.target, all_devices=body.all)
+        created = await ctx.commands.create(
+            devices,
+            body.action,
+            body.args,
+            requested_by=f"api:{tok.name}",
+            expires_s=body.expires,
+            timeout_s=body.timeout,
+        )
+        ctx.controller.wake_outbox()
+        return {"commands": [command_view(c) for c in created]}
+
+    @app.get("/v1/commands")
+    async def list_commands(
+        _t: Read,
+        device: str | None = None,
+        rollout: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 100,
+    ) -> list[dict[str, Any]]:
+        return [command_view(c) for c in await ctx.commands.list(device=device, rollout=rollout, limit=limit)]
+
+    @app.get("/v1/commands/{command_id}")
+    async def get_command(command_id: str, _t: Read) -> dict[str, Any]:
+        return command_view(await ctx.commands.get(command_id), events=True)
+
+    @app.get("/v1/commands/{command_id}/wait")
+    async def wait_command(
+        command_id: str, _t: Read, timeout: Annotated[float, Query(gt=0, le=3600)] = 30.0
+    ) -> dict[str, Any]:
+        async with ctx.commands.feed.subscribe() as q:
+            cmd = await ctx.commands.get(command_id)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while not wire.CommandState(cmd.state).terminal:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(q.get(), timeout=remaining)
+                except TimeoutError:
+                    break
+                if event["command"] == command_id:
+                    cmd = await ctx.commands.get(command_id)
+            return command_view(cmd, events=True)
+
+    @app.post("/v1/commands/{command_id}/cancel")
+    async def cancel_command(command_id: str, tok: Admin) -> dict[str, Any]:
+        done = await ctx.commands.transition(
+            command_id,
+            wire.CommandState.CANCELLED,
+            detail="cancelled before delivery",
+            source=f"api:{tok.name}",
+            only_from=frozenset({wire.CommandState.QUEUED}),
+        )
+        cmd = await ctx.commands.get(command_id)
+        if not done:
+            raise ControllerError(
+                f"command {command_id} is {cmd.state}: only a queued command can be cancelled", status=409
+            )
+        return command_view(cmd, events=True)
 
     # -- tokens and audit ---------------------------------------------------------------------
 

@@ -20,10 +20,11 @@ import aiomqtt
 
 from broker import Refusal
 from cloud.audit import Audit
+from cloud.commands import CommandStore
 from cloud.config import ControllerConfig
 from cloud.jobs import QUEUED_ONLY, JobStore
 from cloud.keys import Keyring
-from cloud.models import Job
+from cloud.models import Command, Job
 from cloud.presence import Presence, PresenceChange
 from cloud.registry import Registry
 from printfleet import wire
@@ -57,6 +58,7 @@ class Controller:
         on_kick: Callable[[str], Awaitable[object]] | None = None,
         audit: Audit | None = None,
         tls_context: ssl.SSLContext | None = None,
+        commands: CommandStore | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -78,6 +80,7 @@ class Controller:
         self._on_kick = on_kick
         self._audit = audit
         self._tls_context = tls_context
+        self.commands = commands
         self._refusals: asyncio.Queue[Refusal] = asyncio.Queue(maxsize=10_000)
         self.refusals_dropped = 0
         self.last_error: str | None = None
@@ -258,9 +261,13 @@ class Controller:
                 await self.presence.on_echo(name, env.parsed(wire.HeartbeatEcho))
             case wire.MsgType.JOB_REPORT:
                 await self._on_report(peer, env.parsed(wire.JobReport))
+            case wire.MsgType.CMD_REPORT:
+                await self._on_command_report(peer, env.parsed(wire.CommandReport))
             case wire.MsgType.SYNC_REQUEST:
                 await self.push_config(name)
                 await self.jobs.resend_now(name)
+                if self.commands is not None:
+                    await self.commands.resend_now(name)
                 self.wake_outbox()
             case wire.MsgType.REFUSED:
                 refused: wire.Refused = env.parsed(wire.Refused)
@@ -272,9 +279,32 @@ class Controller:
             case _:
                 log.warning("unexpected %s from %s", env.type, peer)
 
+    async def _on_command_report(self, peer: wire.Peer, report: wire.CommandReport) -> None:
+        if self.commands is not None:
+            try:
+                cmd = await self.commands.get(report.command_id)
+            except Exception:
+                cmd = None
+            if cmd is not None and cmd.device_name != peer.name:
+                await self.security(
+                    peer.client_id, "report.forged", cmd.id, f"report on a command of {cmd.device_name}"
+                )
+            elif cmd is not None:
+                await self.commands.transition(
+                    cmd.id,
+                    report.state,
+                    detail=report.detail,
+                    source=peer.client_id,
+                    result=report.result or None,
+                    at=report.at,
+                )
+        await self.send(peer, wire.ReportAck(report_ids=(report.report_id,)))
+
     async def _came_online(self, change: PresenceChange) -> None:
         await self.push_config(change.device)
         await self.jobs.resend_now(change.device)
+        if self.commands is not None:
+            await self.commands.resend_now(change.device)
         self.wake_outbox()
 
     async def _on_report(self, peer: wire.Peer, report: wire.JobReport) -> None:
@@ -317,6 +347,27 @@ class Controller:
             now = wire.now_ms()
             for job in await self.jobs.due_for_dispatch(online, now):
                 await self._dispatch_job(job, now)
+            if self.commands is not None:
+                for cmd in await self.commands.due(online, now):
+                    await self._dispatch_command(cmd, now)
+
+    async def _dispatch_command(self, cmd: Command, now: int) -> None:
+        attempt = cmd.attempt + 1
+        delay = min(self.config.resend_initial_s * 2 ** (attempt - 1), self.config.resend_max_s)
+        body = wire.CommandRun(
+            command_id=cmd.id,
+            action=cmd.action,
+            args=cmd.args,
+            requested_by=cmd.requested_by,
+            expires_at=cmd.expires_at,
+            timeout_s=cmd.timeout_s,
+        )
+        if await self.send(_device_peer(cmd.device_name), body) and self.commands is not None:
+            await self.commands.mark_sent(
+                cmd.id,
+                attempt=attempt,
+                next_attempt_at=now + int(delay * 1000 * (0.8 + 0.4 * random.random())),
+            )
 
     async def _dispatch_job(self, job: Job, now: int) -> None:
         peer = _device_peer(job.device_name)
@@ -378,6 +429,23 @@ class Controller:
                     source="controller",
                     only_from=QUEUED_ONLY,
                 )
+            if self.commands is not None:
+                undelivered, late = await self.commands.overdue(now, grace_ms=5000)
+                for cmd in undelivered:
+                    await self.commands.transition(
+                        cmd.id,
+                        wire.CommandState.EXPIRED,
+                        detail="not delivered before it expired",
+                        source="controller",
+                        only_from=frozenset({wire.CommandState.QUEUED, wire.CommandState.SENT}),
+                    )
+                for cmd in late:
+                    await self.commands.transition(
+                        cmd.id,
+                        wire.CommandState.TIMED_OUT,
+                        detail=f"still running after {cmd.timeout_s} s",
+                        source="controller",
+                    )
             if loop.time() - last_purge > min(60.0, self.config.payload_retention_s / 2):
                 last_purge = loop.time()
                 purged = await self.jobs.purge_payloads(now - int(self.config.payload_retention_s * 1000))

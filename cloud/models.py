@@ -172,3 +172,45 @@ class EnrollmentToken(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
     used_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class Command(Base):
+    """A maintenance command for one device, stored before anything is sent."""
+
+    __tablename__ = "commands"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_name: Mapped[str] = mapped_column(String(63), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    requested_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    timeout_s: Mapped[float] = mapped_column(default=60.0)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    acked: Mapped[bool] = mapped_column(Boolean, default=False)
+    rollout_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+
+    events: Mapped[list[CommandEvent]] = relationship(
+        back_populates="command", cascade="all, delete-orphan", order_by="CommandEvent.id"
+    )
+
+
+class CommandEvent(Base):
+    __tablename__ = "command_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    command_id: Mapped[str] = mapped_column(ForeignKey("commands.id", ondelete="CASCADE"), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
+    source: Mapped[str] = mapped_column(String(80))
+
+    command: Mapped[Command] = relationship(back_populates="events")

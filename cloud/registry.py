@@ -177,6 +177,12 @@ class Registry:
             device.secret_hash = hash_password(secret)
             return device.name, secret
 
+    async def set_tags(self, name: str, tags: list[str]) -> Device:
+        async with self._sessions.begin() as s:
+            device = await self._device(s, name)
+            device.tags = tags
+        return await self.get_device(name)
+
     async def list_tokens(self) -> Sequence[ApiToken]:
         async with self._sessions() as s:
             return (await s.scalars(select(ApiToken).order_by(ApiToken.name))).all()

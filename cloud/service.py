@@ -20,6 +20,7 @@ from cloud import db
 from cloud.api import ApiContext, create_app
 from cloud.audit import Audit
 from cloud.broker_sync import MosquittoSync
+from cloud.commands import CommandStore
 from cloud.config import ControllerConfig, parse_mqtt_url
 from cloud.controller import Controller
 from cloud.errors import ControllerError
@@ -78,6 +79,7 @@ class ControllerService:
             self.jobs = JobStore(sessions, JobFeed())
             presence = Presence(sessions, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
             self.audit = Audit(sessions)
+            self.commands = CommandStore(sessions)
             self.keyring = Keyring(cfg.data_dir)
             self.admin_token = cfg.data_dir.read_or_create_secret(cfg.data_dir.admin_token_path)
             await self.registry.ensure_admin_token(self.admin_token)
@@ -133,6 +135,7 @@ class ControllerService:
                 secret=secret,
                 session_number=session_number,
                 tls_context=tls_ctx,
+                commands=self.commands,
                 on_kick=self.broker.kick if self.broker else None,
                 audit=self.audit,
             )
@@ -148,6 +151,7 @@ class ControllerService:
                     health=self.health,
                     audit=self.audit,
                     credentials_changed=self._credentials_changed,
+                    commands=self.commands,
                 )
             )
             server = _Server(

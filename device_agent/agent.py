@@ -11,17 +11,23 @@ import random
 import ssl
 import uuid
 from enum import StrEnum
+from typing import Any
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device_agent.config import AgentConfig, AgentError
 from device_agent.journal import Journal
+from device_agent.maintenance import CommandRejected, Executor, HostCommands, LogBuffer
 from device_agent.worker import PortFactory, PrinterWorker
 from printfleet import __version__, tls, wire
 
 log = logging.getLogger(__name__)
 S = wire.JobState
+
+
+class _RestartNow(Exception):
+    """Ends the agent's task group for a restart asked by a maintenance command."""
 
 
 class AgentState(StrEnum):
@@ -60,6 +66,20 @@ class Agent:
         self._refusals: dict[str, wire.Refused] = {}
         #: The controller signing keys trusted now: the config's, until a keys.update replaces them.
         self._keys: dict[str, Ed25519PublicKey] = dict(config.public_keys)
+        self.logs = LogBuffer()
+        self.executor = Executor(
+            journal=self.journal,
+            agent=self,
+            logs=self.logs,
+            host=HostCommands(reboot=config.reboot_command, shutdown=config.shutdown_command),
+        )
+        self.restart_requested = False
+        self._restart = asyncio.Event()
+        self._settings: dict[str, Any] = {
+            "heartbeat_s": self.config.heartbeat_interval,
+            "status_poll_s": self.config.status_poll_s,
+            "log_level": "INFO",
+        }
         self.online = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
 
@@ -76,6 +96,7 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        logging.getLogger().addHandler(self.logs)
         await self.journal.open()
         try:
             offset = await self.journal.get_kv("clock_offset_ms")
@@ -84,6 +105,11 @@ class Agent:
             if trusted:
                 self._keys = wire.parse_public_keys(json.loads(trusted))
             await self._check_journal_belongs_here()
+            saved = await self.journal.get_kv("settings")
+            if saved:
+                for key, value in json.loads(saved).items():
+                    with contextlib.suppress(ValueError, KeyError):
+                        await self.apply_setting(key, value, persist=False)
             stored = await self.journal.get_kv("printers_config")
             if stored:
                 cfg = wire.PrintersConfig.model_validate_json(stored)
@@ -98,8 +124,14 @@ class Agent:
                 tg.create_task(self._mqtt_loop(), name="agent-mqtt")
                 tg.create_task(self._heartbeat_loop(), name="agent-heartbeat")
                 tg.create_task(self._report_loop(), name="agent-reports")
+                tg.create_task(self.executor.run(), name="agent-commands")
+                tg.create_task(self._restart_watch(), name="agent-restart")
+                await self.executor.resume_after_restart()
+        except* _RestartNow:
+            log.info("restarting the agent as asked")
         finally:
             self.state = AgentState.STOPPED
+            logging.getLogger().removeHandler(self.logs)
             for _worker, task in self._workers.values():
                 task.cancel()
             await self.journal.close()
@@ -135,7 +167,7 @@ class Agent:
                 port_factory=self._port_factory,
                 report=self._queue_report,
                 ctl_now=self.ctl_now,
-                status_poll_s=self.config.status_poll_s,
+                status_poll_s=float(self._settings["status_poll_s"]),
                 on_health=self._hb_now.set,
             )
             task = self._tg.create_task(worker.run(), name=f"printer-{name}")
@@ -246,6 +278,7 @@ class Agent:
         await self._publish(wire.Channel.UP, wire.SyncRequest(session=self._session))
         self._report_sent.clear()
         self._wake_reports.set()
+        await self.executor.settle_restarts()
 
     async def _publish(self, channel: wire.Channel, body: wire.Body) -> bool:
         client = self._client
@@ -343,6 +376,8 @@ class Agent:
                 await self._on_heartbeat_ack(env.parsed(wire.HeartbeatAck))
             case wire.MsgType.PRINTERS_CONFIG:
                 await self._on_printers_config(env.parsed(wire.PrintersConfig))
+            case wire.MsgType.CMD_RUN:
+                await self.executor.on_command(env.parsed(wire.CommandRun))
             case wire.MsgType.KEYS_UPDATE:
                 update: wire.KeysUpdate = env.parsed(wire.KeysUpdate)
                 keys = wire.parse_public_keys(list(update.public_keys))
@@ -432,10 +467,10 @@ class Agent:
             await self._publish(wire.Channel.UP, hb)
             # the next heartbeat is due after the interval, or at once when a printer's status changes
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hb_now.wait(), timeout=self.config.heartbeat_interval)
+                await asyncio.wait_for(self._hb_now.wait(), timeout=float(self._settings["heartbeat_s"]))
             self._hb_now.clear()
 
-    async def _queue_report(self, report: wire.JobReport) -> None:
+    async def _queue_report(self, report: wire.JobReport | wire.CommandReport) -> None:
         """Reports are already durable in the journal; try to send at once, the loop resends."""
         if await self._publish(wire.Channel.UP, report):
             self._report_sent[report.report_id] = asyncio.get_running_loop().time()
@@ -449,7 +484,9 @@ class Agent:
             if self._client is None:
                 continue
             now = loop.time()
-            pending: list[wire.JobReport | wire.Refused] = [*await self.journal.pending_reports()]
+            pending: list[wire.JobReport | wire.CommandReport | wire.Refused] = [
+                *await self.journal.pending_reports()
+            ]
             pending.extend(self._refusals.values())
             for report in pending:
                 rid = report.report_id or ""
@@ -465,6 +502,60 @@ class Agent:
     @property
     def session(self) -> int:
         return self._session
+
+    # -- hooks for maintenance commands (device_agent.maintenance.AgentHooks) -----------------
+
+    def printing(self) -> bool:
+        return any(w.busy for w, _t in self._workers.values())
+
+    async def raw_to_printer(self, printer: str | None, data: bytes) -> str:
+        if printer is None:
+            if len(self._workers) != 1:
+                raise CommandRejected(f"this host has {len(self._workers)} printers: name one with --printer")
+            printer = next(iter(self._workers))
+        if printer not in self._workers:
+            raise CommandRejected(f"no printer {printer!r} on this host")
+        await self._workers[printer][0].raw(data)
+        return printer
+
+    async def queue_report(self, report: wire.CommandReport) -> None:
+        await self._queue_report(report)
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    async def apply_setting(self, key: str, value: Any, *, persist: bool = True) -> None:
+        """Apply a setting live; ValueError (nothing changed) when the value is not valid."""
+        match key:
+            case "heartbeat_s" | "status_poll_s":
+                number = float(value)
+                if not 0.2 <= number <= 600:
+                    raise ValueError(f"{key} must be between 0.2 and 600 seconds")
+                self._settings[key] = number
+                if key == "status_poll_s":
+                    for worker, _task in self._workers.values():
+                        worker.poll_s = number
+                self._hb_now.set()
+            case "log_level":
+                level = str(value).upper()
+                if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                    raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+                self._settings[key] = level
+                for name in ("device_agent", "printfleet"):
+                    logging.getLogger(name).setLevel(level)
+            case _:
+                raise KeyError(key)
+        if persist:
+            await self.journal.set_kv("settings", json.dumps(self._settings))
+
+    def request_restart(self) -> None:
+        self.restart_requested = True
+        self._restart.set()
+
+    async def _restart_watch(self) -> None:
+        await self._restart.wait()
+        await asyncio.sleep(0.2)  # let the in_progress report go out first
+        raise _RestartNow
 
     def printer_health(self) -> dict[str, wire.PrinterHealth]:
         return {name: w.health for name, (w, _t) in self._workers.items()}

@@ -68,6 +68,9 @@ class AgentConfig:
     #: Added to the host's clock (tests simulate a host whose clock is wrong; 0 in production).
     clock_skew_ms: int = 0
     tls: TlsSettings | None = None
+    #: System commands for the reboot/shutdown maintenance actions; unset means refused (safe).
+    reboot_command: str | None = None
+    shutdown_command: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -176,7 +179,18 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
         raise AgentError(
             "agent config: mqtts:// brokers need a [tls] section with the fleet's CA (ca or ca_pem)"
         )
+    maint = data.get("maintenance", {})
+    if not isinstance(maint, Mapping):
+        raise AgentError("agent config: [maintenance] must be a table")
+    host_cmds: dict[str, str | None] = {}
+    for key in ("reboot_command", "shutdown_command"):
+        value = maint.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise AgentError(f"agent config: [maintenance] {key} must be a command line")
+        host_cmds[key] = value
     return AgentConfig(
+        reboot_command=host_cmds["reboot_command"],
+        shutdown_command=host_cmds["shutdown_command"],
         tls=tls,
         device=name,
         brokers=brokers,

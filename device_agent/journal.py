@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
@@ -53,6 +54,34 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_pending ON reports (acked, created_at);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS commands (
+    command_id TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    args TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT,
+    result TEXT,
+    received_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    boot_id TEXT,
+    expires_at INTEGER,
+    timeout_s REAL NOT NULL DEFAULT 60
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    command_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT
+);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
 #: Journal states in which a job waits to be printed.
@@ -80,6 +109,14 @@ class JournalJob:
     @property
     def started(self) -> bool:
         return self.started_at is not None
+
+
+def _row_command(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["args"] = json.loads(row["args"])
+    out["result"] = json.loads(row["result"]) if row["result"] else None
+    out["state"] = wire.CommandState(row["state"])
+    return out
 
 
 def _row_job(row: sqlite3.Row) -> JournalJob:
@@ -378,14 +415,128 @@ class Journal:
 
         await self._run(run)
 
+    # -- maintenance commands -----------------------------------------------------------------
+
+    async def command(self, command_id: str) -> dict[str, Any] | None:
+        def run() -> dict[str, Any] | None:
+            row = self._conn().execute("SELECT * FROM commands WHERE command_id=?", (command_id,)).fetchone()
+            return None if row is None else _row_command(row)
+
+        return await self._run(run)
+
+    async def accept_command(self, cmd: wire.CommandRun, now: int) -> tuple[dict[str, Any], bool]:
+        """Journal a command id once; (record, is_new). A known id is answered from its record."""
+
+        def run() -> tuple[dict[str, Any], bool]:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT * FROM commands WHERE command_id=?", (cmd.command_id,)).fetchone()
+                if row is not None:
+                    return _row_command(row), False
+                db.execute(
+                    "INSERT INTO commands (command_id, action, args, requested_by, state, received_at,"
+                    " expires_at, timeout_s) VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        cmd.command_id,
+                        cmd.action,
+                        json.dumps(cmd.args),
+                        cmd.requested_by,
+                        wire.CommandState.DELIVERED.value,
+                        now,
+                        cmd.expires_at,
+                        cmd.timeout_s,
+                    ),
+                )
+                new = db.execute("SELECT * FROM commands WHERE command_id=?", (cmd.command_id,)).fetchone()
+                return _row_command(new), True
+
+        return await self._run(run)
+
+    async def command_transition(
+        self,
+        command_id: str,
+        state: wire.CommandState,
+        *,
+        now: int,
+        ctl_now: int,
+        detail: str | None = None,
+        result: dict[str, Any] | None = None,
+        boot_id: str | None = None,
+    ) -> wire.CommandReport:
+        """Record a command's state (and, when it ends, an audit line) and queue its report."""
+        report = wire.CommandReport(
+            report_id=uuid.uuid4().hex,
+            command_id=command_id,
+            state=state,
+            detail=detail,
+            result=result or {},
+            at=ctl_now,
+        )
+
+        def run() -> wire.CommandReport:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT * FROM commands WHERE command_id=?", (command_id,)).fetchone()
+                if row is None:
+                    raise KeyError(command_id)
+                sets = ["state=?", "detail=?"]
+                args: list[Any] = [state.value, detail]
+                if result is not None:
+                    sets.append("result=?")
+                    args.append(json.dumps(result))
+                if state is wire.CommandState.IN_PROGRESS:
+                    sets += ["started_at=?", "boot_id=?"]
+                    args += [now, boot_id]
+                if state.terminal:
+                    sets.append("finished_at=?")
+                    args.append(now)
+                    db.execute(
+                        "INSERT INTO audit (at, command_id, action, requested_by, outcome, detail)"
+                        " VALUES (?,?,?,?,?,?)",
+                        (now, command_id, row["action"], row["requested_by"], state.value, detail),
+                    )
+                db.execute(f"UPDATE commands SET {', '.join(sets)} WHERE command_id=?", (*args, command_id))
+                db.execute(
+                    "INSERT INTO reports (report_id, job_id, body, created_at) VALUES (?,?,?,?)",
+                    (report.report_id, "cmd:" + command_id, report.model_dump_json(), now),
+                )
+                return report
+
+        return await self._run(run)
+
+    async def commands_in(self, states: Sequence[wire.CommandState]) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            marks = ",".join("?" for _ in states)
+            rows = self._conn().execute(
+                f"SELECT * FROM commands WHERE state IN ({marks}) ORDER BY received_at",
+                [s.value for s in states],
+            )
+            return [_row_command(r) for r in rows]
+
+        return await self._run(run)
+
+    async def audit_tail(self, limit: int = 20) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            rows = self._conn().execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+            return [dict(r) for r in rows]
+
+        return await self._run(run)
+
     # -- reports ------------------------------------------------------------------------------
 
-    async def pending_reports(self, limit: int = 200) -> Sequence[wire.JobReport]:
-        def run() -> list[wire.JobReport]:
+    async def pending_reports(self, limit: int = 200) -> Sequence[wire.JobReport | wire.CommandReport]:
+        def run() -> list[wire.JobReport | wire.CommandReport]:
             rows = self._conn().execute(
-                "SELECT body FROM reports WHERE acked=0 ORDER BY created_at, rowid LIMIT ?", (limit,)
+                "SELECT job_id, body FROM reports WHERE acked=0 ORDER BY created_at, rowid LIMIT ?", (limit,)
             )
-            return [wire.JobReport.model_validate_json(r["body"]) for r in rows]
+            return [
+                wire.CommandReport.model_validate_json(r["body"])
+                if r["job_id"].startswith("cmd:")
+                else wire.JobReport.model_validate_json(r["body"])
+                for r in rows
+            ]
 
         return await self._run(run)
 

@@ -63,11 +63,13 @@ class PrinterWorker:
         self._factory = port_factory
         self._report = report
         self._ctl_now = ctl_now
-        self._poll = status_poll_s
+        self.poll_s = status_poll_s
         self._wake = asyncio.Event()
         self._health = wire.PrinterHealth(reachable=False, checked_at=0)
         self._on_health = on_health
         self.busy = False
+        self._port: PrinterPort | None = None
+        self._raw_lock = asyncio.Lock()
 
     @property
     def health(self) -> wire.PrinterHealth:
@@ -101,6 +103,7 @@ class PrinterWorker:
         while True:
             try:
                 async with self._factory(self.spec) as port, asyncio.TaskGroup() as tg:
+                    self._port = port
                     backoff = 0.5
                     if self.spec.asb:
                         tg.create_task(self._follow_asb(port), name=f"asb-{self.spec.name}")
@@ -115,6 +118,24 @@ class PrinterWorker:
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff)
                 self._wake.clear()
                 backoff = min(backoff * 2, 10.0)
+
+    async def raw(self, data: bytes) -> None:
+        """Send a maintenance sequence (self-test, drawer kick) between jobs, confirmed like a job."""
+        port = self._port
+        if port is None:
+            raise RuntimeError(f"printer {self.spec.name} is not connected")
+
+        async def nothing(*_args: object) -> None:
+            return None
+
+        async with self._raw_lock:
+            self.busy = True
+            try:
+                outcome = await port.print_job(data, on_held=nothing, on_resumed=nothing)
+            finally:
+                self.busy = False
+        if outcome.result is PrintResult.FAILED:
+            raise RuntimeError(outcome.reason or "the printer did not confirm")
 
     async def _follow_asb(self, port: PrinterPort) -> None:
         """Status the printer reports by itself: shown at once, and a held job resumes at once."""
@@ -134,7 +155,7 @@ class PrinterWorker:
             if job is None:
                 await self._refresh(port)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
                 self._wake.clear()
                 continue
             await self._print(port, job)

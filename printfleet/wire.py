@@ -241,6 +241,8 @@ class MsgType(StrEnum):
     REPORT_ACK = "report.ack"
     PRINTERS_CONFIG = "printers.config"
     KEYS_UPDATE = "keys.update"
+    CMD_RUN = "cmd.run"
+    CMD_REPORT = "cmd.report"
     CONTROLLER_ONLINE = "controller.online"
     CONTROLLER_OFFLINE = "controller.offline"
 
@@ -410,6 +412,75 @@ class PrintersConfig(Body):
     printers: tuple[PrinterSpec, ...] = Field(max_length=64)
 
 
+class CommandState(StrEnum):
+    """A maintenance command's lifecycle, spelled like the job states."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_COMMAND_STATES
+
+
+TERMINAL_COMMAND_STATES = frozenset(
+    {
+        CommandState.SUCCEEDED,
+        CommandState.FAILED,
+        CommandState.REJECTED,
+        CommandState.TIMED_OUT,
+        CommandState.CANCELLED,
+        CommandState.EXPIRED,
+    }
+)
+
+#: The maintenance actions an agent runs (an allow-list: anything else is rejected).
+COMMAND_ACTIONS = (
+    "ping",
+    "status",
+    "logs",
+    "config-get",
+    "config-set",
+    "restart-agent",
+    "reboot",
+    "shutdown",
+    "printer-selftest",
+    "printer-status",
+    "open-drawer",
+    "update",
+)
+
+
+class CommandRun(Body):
+    """Run a maintenance command once (the agent journals ``command_id``)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CMD_RUN
+    command_id: str = _Id
+    action: str = Field(max_length=32)
+    args: dict[str, Any] = Field(default_factory=dict)
+    requested_by: str = Field(default="", max_length=80)
+    expires_at: int | None = None  # delivery expiry: not started after this (controller clock)
+    timeout_s: float = Field(default=60.0, gt=0, le=24 * 3600)  # how long it may run once started
+
+
+class CommandReport(Body):
+    TYPE: ClassVar[MsgType] = MsgType.CMD_REPORT
+    report_id: str = _Id
+    command_id: str = _Id
+    state: CommandState
+    detail: str | None = Field(default=None, max_length=500)
+    result: dict[str, Any] = Field(default_factory=dict)
+    at: int
+
+
 class KeysUpdate(Body):
     """The controller's signing keys a peer must trust from now on (key rotation).
 
@@ -460,6 +531,8 @@ BODY_TYPES: dict[MsgType, type[Body]] = {
         ReportAck,
         PrintersConfig,
         KeysUpdate,
+        CommandRun,
+        CommandReport,
         Refused,
         ControllerOnline,
         ControllerOffline,
@@ -468,7 +541,14 @@ BODY_TYPES: dict[MsgType, type[Body]] = {
 
 #: Message types a peer may send on its ``up`` / ``presence`` channels; anything else is refused.
 UPSTREAM_TYPES = frozenset(
-    {MsgType.HEARTBEAT, MsgType.HEARTBEAT_ECHO, MsgType.JOB_REPORT, MsgType.SYNC_REQUEST, MsgType.REFUSED}
+    {
+        MsgType.HEARTBEAT,
+        MsgType.HEARTBEAT_ECHO,
+        MsgType.JOB_REPORT,
+        MsgType.SYNC_REQUEST,
+        MsgType.REFUSED,
+        MsgType.CMD_REPORT,
+    }
 )
 PRESENCE_TYPES = frozenset({MsgType.BIRTH, MsgType.WILL})
 #: Message types only the controller sends; a peer verifies their signature before acting.
@@ -480,6 +560,7 @@ DOWNSTREAM_TYPES = frozenset(
         MsgType.REPORT_ACK,
         MsgType.PRINTERS_CONFIG,
         MsgType.KEYS_UPDATE,
+        MsgType.CMD_RUN,
     }
 )
 

@@ -1,0 +1,313 @@
+"""Maintenance commands: a stored record per command per device, written before anything is sent.
+
+queued -> sent -> delivered -> in_progress -> succeeded | failed | rejected | timed_out, plus
+cancelled (before it starts) and expired (never delivered in time). A late result still closes a
+timed-out record; nothing else ever moves a record backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from cloud.errors import ControllerError, NotFound
+from cloud.models import Command, CommandEvent, Device
+from printfleet import wire
+
+log = logging.getLogger(__name__)
+C = wire.CommandState
+
+_RANK: dict[wire.CommandState, int] = {
+    C.QUEUED: 0,
+    C.SENT: 1,
+    C.DELIVERED: 2,
+    C.IN_PROGRESS: 3,
+    C.SUCCEEDED: 4,
+    C.FAILED: 4,
+    C.REJECTED: 4,
+    C.TIMED_OUT: 4,
+    C.CANCELLED: 4,
+    C.EXPIRED: 4,
+}
+_TERMINAL = [s.value for s in wire.TERMINAL_COMMAND_STATES]
+
+
+def command_allowed(current: wire.CommandState, new: wire.CommandState) -> bool:
+    """The command transition table, as data (a late result may still close a timed-out record)."""
+    if current == new:
+        return False
+    if current is C.TIMED_OUT:
+        return new in (C.SUCCEEDED, C.FAILED, C.REJECTED)
+    if current.terminal:
+        return False
+    return _RANK[new] > _RANK[current]
+
+
+class CommandFeed:
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for q in list(self._queues):
+            if q.qsize() < 10_000:
+                q.put_nowait(event)
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queues.add(q)
+        try:
+            yield q
+        finally:
+            self._queues.discard(q)
+
+
+class CommandStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self.feed = CommandFeed()
+
+    async def targets(self, target: str | None, *, all_devices: bool = False) -> list[str]:
+        """Device names for a target: a name, ``tag:NAME``, or every device."""
+        async with self._sessions() as s:
+            devices = (await s.scalars(select(Device).order_by(Device.name))).all()
+        if all_devices:
+            names = [d.name for d in devices]
+        elif target is None:
+            raise ControllerError("give a device name, tag:NAME, or all")
+        elif target.startswith("tag:"):
+            tag = target[4:]
+            names = [d.name for d in devices if tag in (d.tags or [])]
+        else:
+            names = [d.name for d in devices if d.name == target]
+            if not names:
+                raise NotFound(f"no device named {target!r}")
+        if not names:
+            raise NotFound(f"no device matches {target!r}")
+        return names
+
+    async def create(
+        self,
+        devices: Sequence[str],
+        action: str,
+        args: dict[str, Any],
+        *,
+        requested_by: str,
+        expires_s: float,
+        timeout_s: float,
+        rollout_id: str | None = None,
+        start_at: int | None = None,
+    ) -> list[Command]:
+        if action not in wire.COMMAND_ACTIONS:
+            raise ControllerError(f"unknown action {action!r}; actions: {', '.join(wire.COMMAND_ACTIONS)}")
+        if not 1 <= expires_s <= 30 * 24 * 3600:
+            raise ControllerError("--expires must be between 1 second and 30 days")
+        if not 0 < timeout_s <= 24 * 3600:
+            raise ControllerError("--timeout must be between 0 and 24 hours")
+        now = wire.now_ms()
+        created: list[Command] = []
+        async with self._sessions.begin() as s:
+            for name in devices:
+                cmd = Command(
+                    id=wire.new_id(),
+                    device_name=name,
+                    action=action,
+                    args=args,
+                    state=C.QUEUED.value,
+                    requested_by=requested_by,
+                    created_at=now,
+                    updated_at=now,
+                    expires_at=now + int(expires_s * 1000),
+                    timeout_s=timeout_s,
+                    next_attempt_at=start_at or now,
+                    rollout_id=rollout_id,
+                )
+                cmd.events.append(
+                    CommandEvent(at=now, state=C.QUEUED.value, detail=None, source=requested_by)
+                )
+                s.add(cmd)
+                created.append(cmd)
+        for cmd in created:
+            self._announce(cmd, C.QUEUED, None)
+        return created
+
+    async def transition(
+        self,
+        command_id: str,
+        new: wire.CommandState,
+        *,
+        detail: str | None,
+        source: str,
+        result: dict[str, Any] | None = None,
+        at: int | None = None,
+        only_from: frozenset[wire.CommandState] | None = None,
+    ) -> bool:
+        async with self._sessions.begin() as s:
+            cmd = await s.get(Command, command_id)
+            if cmd is None:
+                return False
+            current = C(cmd.state)
+            if only_from is not None and current not in only_from:
+                return False
+            if not command_allowed(current, new):
+                return False
+            now = wire.now_ms()
+            cmd.state = new.value
+            cmd.updated_at = now
+            if new is C.IN_PROGRESS and cmd.started_at is None:
+                cmd.started_at = at or now
+            if _RANK[new] >= _RANK[C.DELIVERED]:
+                cmd.acked = True
+            if new.terminal:
+                cmd.finished_at = now
+                cmd.next_attempt_at = None
+                cmd.detail = detail
+            if result is not None:
+                cmd.result = result
+            s.add(
+                CommandEvent(
+                    command_id=command_id, at=at or now, state=new.value, detail=detail, source=source
+                )
+            )
+        self._announce(cmd, new, detail)
+        return True
+
+    async def mark_sent(self, command_id: str, *, attempt: int, next_attempt_at: int) -> None:
+        async with self._sessions.begin() as s:
+            cmd = await s.get(Command, command_id)
+            if cmd is None or C(cmd.state).terminal:
+                return
+            first = cmd.state == C.QUEUED.value
+            cmd.attempt = attempt
+            cmd.next_attempt_at = next_attempt_at
+            if first:
+                cmd.state = C.SENT.value
+                cmd.updated_at = wire.now_ms()
+                s.add(
+                    CommandEvent(
+                        command_id=command_id, at=cmd.updated_at, state=C.SENT.value, source="controller"
+                    )
+                )
+        if first:
+            self._announce(cmd, C.SENT, None)
+
+    def _announce(self, cmd: Command, state: wire.CommandState, detail: str | None) -> None:
+        self.feed.publish(
+            {"command": cmd.id, "device": cmd.device_name, "state": state.value, "detail": detail}
+        )
+
+    async def get(self, command_id: str) -> Command:
+        async with self._sessions() as s:
+            cmd = await s.scalar(
+                select(Command).where(Command.id == command_id).options(selectinload(Command.events))
+            )
+            if cmd is None:
+                raise NotFound(f"no command {command_id!r}")
+            return cmd
+
+    async def list(
+        self, *, device: str | None = None, rollout: str | None = None, limit: int = 100
+    ) -> Sequence[Command]:
+        async with self._sessions() as s:
+            q = (
+                select(Command)
+                .order_by(Command.created_at.desc(), Command.id)
+                .limit(max(1, min(limit, 5000)))
+            )
+            if device:
+                q = q.where(Command.device_name == device)
+            if rollout:
+                q = q.where(Command.rollout_id == rollout)
+            return (await s.scalars(q)).all()
+
+    async def due(self, devices: Sequence[str], now: int, limit: int = 200) -> Sequence[Command]:
+        """Unacknowledged commands for online devices whose (re)send time has come."""
+        if not devices:
+            return []
+        async with self._sessions() as s:
+            q = (
+                select(Command)
+                .where(
+                    Command.device_name.in_(list(devices)),
+                    Command.state.in_([C.QUEUED.value, C.SENT.value]),
+                    Command.acked.is_(False),
+                    or_(Command.next_attempt_at.is_(None), Command.next_attempt_at <= now),
+                )
+                .order_by(Command.created_at)
+                .limit(limit)
+            )
+            return (await s.scalars(q)).all()
+
+    async def resend_now(self, device: str) -> None:
+        async with self._sessions.begin() as s:
+            rows = await s.scalars(
+                select(Command).where(
+                    Command.device_name == device,
+                    Command.state.in_([C.QUEUED.value, C.SENT.value]),
+                    Command.acked.is_(False),
+                    Command.rollout_id.is_(None),
+                )
+            )
+            now = wire.now_ms()
+            for cmd in rows:
+                cmd.next_attempt_at = min(cmd.next_attempt_at or now, now)
+
+    async def overdue(self, now: int, grace_ms: int) -> tuple[Sequence[Command], Sequence[Command]]:
+        """(never delivered past their expiry, running past their timeout)."""
+        async with self._sessions() as s:
+            undelivered = (
+                await s.scalars(
+                    select(Command).where(
+                        Command.state.in_([C.QUEUED.value, C.SENT.value]),
+                        Command.acked.is_(False),
+                        Command.expires_at < now - grace_ms,
+                    )
+                )
+            ).all()
+            running = (
+                await s.scalars(
+                    select(Command).where(
+                        Command.state.in_([C.DELIVERED.value, C.IN_PROGRESS.value]),
+                        and_(Command.started_at.is_not(None)),
+                    )
+                )
+            ).all()
+        late = [
+            c
+            for c in running
+            if c.started_at is not None and now - c.started_at > c.timeout_s * 1000 + grace_ms
+        ]
+        return undelivered, late
+
+
+def command_view(cmd: Command, *, events: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": cmd.id,
+        "device": cmd.device_name,
+        "action": cmd.action,
+        "args": cmd.args,
+        "state": cmd.state,
+        "requested_by": cmd.requested_by,
+        "created_at": cmd.created_at,
+        "updated_at": cmd.updated_at,
+        "expires_at": cmd.expires_at,
+        "timeout_s": cmd.timeout_s,
+        "started_at": cmd.started_at,
+        "finished_at": cmd.finished_at,
+        "detail": cmd.detail,
+        "result": cmd.result,
+        "attempts": cmd.attempt,
+        "rollout": cmd.rollout_id,
+    }
+    if events:
+        out["events"] = [
+            {"at": e.at, "state": e.state, "detail": e.detail, "source": e.source} for e in cmd.events
+        ]
+    return out
