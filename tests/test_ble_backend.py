@@ -228,6 +228,18 @@ async def test_printer_that_hangs_up_mid_job_calls_disconnected_callback() -> No
         assert printer.bytes_received == 1500 and printer.disconnections == 1
 
 
+async def test_pair_before_connect_just_works() -> None:
+    """LE Secure Connections "Just Works" pairing runs (it encrypts; it proves no identity)."""
+    async with bench(VirtualPrinterConfig()) as (radio, [printer]):
+        device = await BleakScanner.find_device_by_name("MPT-II", timeout=5.0, backend=radio.scanner_backend)
+        assert device is not None
+        async with BleakClient(device, pair=True, timeout=10.0, backend=radio.client_backend) as client:
+            char, _ = print_channel(client)
+            await client.write_gatt_char(char, b"paired\n\x1dV\x00", response=True)
+            [printed] = await printer.wait_for_receipts(1)
+            assert printed.text == "paired"
+
+
 # -- identity ------------------------------------------------------------------------------------
 
 
