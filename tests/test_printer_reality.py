@@ -167,7 +167,7 @@ async def test_status_shows_paper_out_while_a_job_is_held_mid_print(embedded_fle
         cfg = await add_host(fleet, "till-m", printer.url)
         await fleet.start_agent(cfg)
         await fleet.wait_device("till-m", lambda d: printer_status([d], "till-m") == "ready", 20)
-        job_id = await submit(fleet, "till-m", "\n".join(f"line {i}" for i in range(20)))
+        job_id = await submit(fleet, "till-m", "\n".join(f"line {i}" for i in range(200)))
         await printer.wait_until(lambda m: len(m.raw_printed) > 20, timeout=10)  # printing has begun
         printer.set_fault(paper_out=True)
         try:
