@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from printfleet.escpos.simulator import PtyPrinter  # noqa: E402
-from tests.fleet import running_fleet  # noqa: E402
+from printfleet.escpos.simulator import PtyPrinter
+from tests.fleet import running_fleet
 
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
 
 
 async def main(n: int) -> None:
