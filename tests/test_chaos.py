@@ -221,3 +221,58 @@ async def test_chaos_run_fails_when_the_agent_forgets_its_journal(tmp_path: Path
     print("\n" + report.line())
     assert not report.ok, report.details()
     assert report.verdict.lost > 0 or report.verdict.duplicates > 0, report.details()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cloud/jobs.py JobStore.mark_dispatched reads the job, then writes state=dispatched without"
+    " a lock or a conditional UPDATE (pysqlite only BEGINs at the first write): reports applied in"
+    " between are overwritten, and a printed job goes back to dispatched forever (acked, never resent)."
+    " Seen twice in the 10,000-job chaos bench.",
+)
+async def test_a_job_printed_while_its_dispatch_is_recorded_stays_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from cloud import db
+    from cloud.jobs import JobFeed, JobStore, Submission
+    from cloud.registry import PrinterInput, Registry
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ctl.db'}"
+    await asyncio.to_thread(db.migrate, url)
+    engine = db.make_engine(url)
+    try:
+        sessions = db.make_sessionmaker(engine)
+        await Registry(sessions).add_device("kiosk-1", PrinterInput(name="kiosk-1", serial_url="loop://"))
+        jobs = JobStore(sessions, JobFeed())
+        job, _ = await jobs.submit(Submission(printer="kiosk-1", kind="text", content="hello"))
+
+        # The outbox has published job.print and records the dispatch; the agent is fast and its
+        # reports are applied while that record is being written (the order the bench logged).
+        read_done, reports_applied = asyncio.Event(), asyncio.Event()
+        real_get = AsyncSession.get
+
+        async def get_then_wait(self: AsyncSession, *args: object, **kw: object) -> object:
+            found = await real_get(self, *args, **kw)  # type: ignore[arg-type]
+            if not read_done.is_set():
+                read_done.set()
+                await reports_applied.wait()
+            return found
+
+        monkeypatch.setattr(AsyncSession, "get", get_then_wait)
+        now = wire.now_ms()
+        dispatch = asyncio.create_task(
+            jobs.mark_dispatched(
+                job.id, attempt=1, next_attempt_at=now + 2000, lease_until=now + 60_000, executor="x", at=now
+            )
+        )
+        await asyncio.wait_for(read_done.wait(), 10)
+        monkeypatch.setattr(AsyncSession, "get", real_get)
+        for state in (wire.JobState.DELIVERED, wire.JobState.PRINTING, wire.JobState.PRINTED):
+            assert await jobs.transition(job.id, state, detail=None, source="dev-kiosk-1")
+        reports_applied.set()
+        await asyncio.wait_for(dispatch, 10)
+        assert (await jobs.get(job.id)).state == "printed", "a terminal state changed"
+    finally:
+        await engine.dispose()
