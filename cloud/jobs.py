@@ -291,75 +291,110 @@ class JobStore:
     ) -> bool:
         """Move a job to ``new`` if the state machine allows it; record the event. Idempotent.
 
-        ``only_from`` restricts the move to jobs still in one of those states when the transaction
-        commits (the controller decides alone only for jobs no agent can hold: ``queued``).
+        The change is a compare-and-set on the state read (``UPDATE ... WHERE state = <read>``):
+        a concurrent change in between (a report racing the outbox) is never overwritten; the move
+        is re-judged against the new state. ``only_from`` restricts the move to jobs still in one of
+        those states (the controller decides alone only for jobs no agent can hold: ``queued``).
         """
-        async with self._sessions.begin() as s:
-            job = await s.get(Job, job_id)
-            if job is None:
-                log.warning("transition for unknown job %s ignored", job_id)
-                return False
-            current = S(job.state)
-            if only_from is not None and current not in only_from:
-                return False
-            if not allowed(current, new):
-                if current != new:
-                    log.info("job %s: %s -> %s refused (stale or duplicate)", job_id, current, new)
-                return False
-            now = wire.now_ms()
-            job.state = new.value
-            job.updated_at = now
-            if copies_done is not None:
-                job.copies_done = max(job.copies_done, copies_done)
-            if new.terminal:
-                job.finished_at = now
-                job.next_attempt_at = None
-                job.detail = detail
-            elif new == S.HELD:
-                job.detail = detail
-            if _RANK[new] >= _RANK[S.DELIVERED]:
-                job.acked = True
-            s.add(JobEvent(job_id=job_id, at=at or now, state=new.value, detail=detail, source=source))
-        self._announce(job, new, detail)
-        return True
+        for _ in range(8):
+            async with self._sessions.begin() as s:
+                job = await s.get(Job, job_id)
+                if job is None:
+                    log.warning("transition for unknown job %s ignored", job_id)
+                    return False
+                current = S(job.state)
+                if only_from is not None and current not in only_from:
+                    return False
+                if not allowed(current, new):
+                    if current != new:
+                        log.info("job %s: %s -> %s refused (stale or duplicate)", job_id, current, new)
+                    return False
+                now = wire.now_ms()
+                values: dict[str, Any] = {"state": new.value, "updated_at": now}
+                if copies_done is not None:
+                    values["copies_done"] = max(job.copies_done, copies_done)
+                if new.terminal:
+                    values.update(finished_at=now, next_attempt_at=None, detail=detail)
+                elif new == S.HELD:
+                    values["detail"] = detail
+                if _RANK[new] >= _RANK[S.DELIVERED]:
+                    values["acked"] = True
+                result = await s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == current.value)
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+                if not _rowcount(result):
+                    await s.rollback()
+                    continue  # the state moved meanwhile: judge again
+                s.add(JobEvent(job_id=job_id, at=at or now, state=new.value, detail=detail, source=source))
+                printer = job.printer_name
+            self.feed.publish(
+                {"job": job_id, "printer": printer, "state": new.value, "detail": detail, "at": now}
+            )
+            return True
+        log.warning("job %s: %s not applied, the state kept changing", job_id, new)
+        return False
 
     async def mark_dispatched(
         self, job_id: str, *, attempt: int, next_attempt_at: int, lease_until: int, executor: str, at: int
     ) -> None:
+        """Record a send: only while no agent has answered (a conditional update, never a blind write)."""
         async with self._sessions.begin() as s:
             job = await s.get(Job, job_id)
-            if job is None or S(job.state).terminal:
+            if job is None:
                 return
-            first = job.state == S.QUEUED.value
-            job.attempt = attempt
-            job.next_attempt_at = next_attempt_at
-            job.lease_until = lease_until
-            job.executor = executor
+            printer = job.printer_name
+            open_states = [S.QUEUED.value, S.DISPATCHED.value]
+            await s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(open_states) | Job.cancel_requested_at.is_not(None))
+                .where(Job.state.notin_(_TERMINAL))
+                .values(
+                    attempt=attempt,
+                    next_attempt_at=next_attempt_at,
+                    lease_until=lease_until,
+                    executor=executor,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            first = _rowcount(
+                await s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == S.QUEUED.value)
+                    .values(state=S.DISPATCHED.value, updated_at=at)
+                    .execution_options(synchronize_session=False)
+                )
+            )
             if first:
-                job.state = S.DISPATCHED.value
-                job.updated_at = at
                 s.add(
-                    JobEvent(
-                        job_id=job_id,
-                        at=job.updated_at,
-                        state=S.DISPATCHED.value,
-                        detail=None,
-                        source="controller",
-                    )
+                    JobEvent(job_id=job_id, at=at, state=S.DISPATCHED.value, detail=None, source="controller")
                 )
         if first:
-            self._announce(job, S.DISPATCHED, None)
+            self.feed.publish(
+                {"job": job_id, "printer": printer, "state": S.DISPATCHED.value, "detail": None, "at": at}
+            )
 
     async def request_cancel(self, job_id: str, source: str) -> None:
         """Ask the agent holding a job to cancel it; the job ends cancelled only when the agent agrees."""
+        now = wire.now_ms()
         async with self._sessions.begin() as s:
             job = await s.get(Job, job_id)
-            if job is None or S(job.state).terminal or job.cancel_requested_at is not None:
+            if job is None:
                 return
-            now = wire.now_ms()
-            job.cancel_requested_at = now
-            job.next_attempt_at = now
-            s.add(JobEvent(job_id=job_id, at=now, state=job.state, detail="cancel requested", source=source))
+            done = _rowcount(
+                await s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state.notin_(_TERMINAL), Job.cancel_requested_at.is_(None))
+                    .values(cancel_requested_at=now, next_attempt_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            )
+            if done:
+                s.add(
+                    JobEvent(job_id=job_id, at=now, state=job.state, detail="cancel requested", source=source)
+                )
 
     def _announce(self, job: Job, state: wire.JobState, detail: str | None) -> None:
         self.feed.publish(
@@ -478,6 +513,10 @@ class JobStore:
                 .values(payload=None, purged_at=wire.now_ms())
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def job_view(job: Job, *, events: bool = False) -> dict[str, Any]:

@@ -229,6 +229,9 @@ class PrinterLink:
         self._failure: PrinterLinkError | None = None
         self._status_waiters: deque[asyncio.Future[int]] = deque()
         self._barriers: deque[asyncio.Future[int]] = deque()
+        #: Set while catching up with a printer that may still hold data of an earlier connection.
+        self._sync_replies: list[float] | None = None
+        self._synced = False
         self._tag_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._write_lock: asyncio.Lock | None = None
         self._query_lock: asyncio.Lock | None = None
@@ -369,7 +372,10 @@ class PrinterLink:
                 case StatusByte(value=value):
                     self._resolve_first(self._status_waiters, value, "status byte")
                 case GsRReply(value=value):
-                    self._resolve_first(self._barriers, value, "GS r reply")
+                    if self._sync_replies is not None:  # catching up with the printer (see _sync)
+                        self._sync_replies.append(asyncio.get_running_loop().time())
+                    else:
+                        self._resolve_first(self._barriers, value, "GS r reply")
                 case AsbBlock():
                     self._on_asb(event.status)
                 case BlockReply(header=0x37, payload=payload) if payload[:1] == b"\x22":
@@ -423,7 +429,9 @@ class PrinterLink:
         port broke. Use it as ``async with contextlib.aclosing(link.status_changes()) as changes:``.
         """
         self._check_open()
-        sub = _StatusSubscriber(event=asyncio.Event())
+        # a subscriber first learns the status already reported (it may have arrived before it
+        # subscribed, e.g. the block the printer sends when ASB is enabled), then each change
+        sub = _StatusSubscriber(event=asyncio.Event(), latest=self._last_asb)
         self._asb_subscribers.add(sub)
         try:
             while True:
@@ -563,6 +571,8 @@ class PrinterLink:
         status = await self._read_status()
         if status.faults():
             await self._hold_until_clear(ctx, status, barrier=None)
+        if not self._synced:
+            await self._sync(ctx)
 
         outstanding: deque[asyncio.Future[int]] = deque()
         for part in parts:
@@ -596,6 +606,37 @@ class PrinterLink:
         except PrinterLinkError as exc:
             return PrintResult.PRINTED_UNCONFIRMED, None, f"processed, but no status afterwards: {exc.reason}"
         return PrintResult.PRINTED, status, None
+
+    async def _sync(self, ctx: _JobContext, *, quiet: float = 1.0, limit: float = 120.0) -> None:
+        """Before the first job on this link, let the printer finish what an earlier connection left
+        in its buffer (an agent that died mid-job): their GS r replies would otherwise be taken for
+        this job's. Send one barrier, then wait until replies have stopped for ``quiet`` seconds."""
+        loop = asyncio.get_running_loop()
+        self._sync_replies = []
+        try:
+            await self._write(GS_R_PAPER)
+            deadline = loop.time() + limit
+            next_check = loop.time() + self.barrier_timeout
+            while loop.time() < deadline:
+                await asyncio.sleep(0.05)  # polling the reply times the reader records
+                replies = self._sync_replies
+                if replies and loop.time() - replies[-1] >= quiet:
+                    if len(replies) > 1:
+                        log.info(
+                            "printer %s: caught up with %d earlier barrier(s)", self.name, len(replies) - 1
+                        )
+                    self._synced = True
+                    return
+                if loop.time() >= next_check:  # silent for a while: why?
+                    status = await self._read_status()  # raises when the printer does not answer
+                    if status.faults():
+                        await self._hold_until_clear(ctx, status, barrier=None)
+                    next_check = loop.time() + self.barrier_timeout
+            raise PrinterLinkError(
+                self.name, f"the printer did not catch up within {limit:.0f} s", retryable=True
+            )
+        finally:
+            self._sync_replies = None
 
     def _new_barrier(self) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()

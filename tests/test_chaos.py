@@ -223,13 +223,6 @@ async def test_chaos_run_fails_when_the_agent_forgets_its_journal(tmp_path: Path
     assert report.verdict.lost > 0 or report.verdict.duplicates > 0, report.details()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cloud/jobs.py JobStore.mark_dispatched reads the job, then writes state=dispatched without"
-    " a lock or a conditional UPDATE (pysqlite only BEGINs at the first write): reports applied in"
-    " between are overwritten, and a printed job goes back to dispatched forever (acked, never resent)."
-    " Seen twice in the 10,000-job chaos bench.",
-)
 async def test_a_job_printed_while_its_dispatch_is_recorded_stays_printed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
