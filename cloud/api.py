@@ -347,21 +347,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         job_id: str, _t: Read, timeout: Annotated[float, Query(gt=0, le=300)] = 30.0
     ) -> dict[str, Any]:
         """Long-poll: answer when the job is terminal, or with its current state at the timeout."""
-        async with ctx.jobs.feed.subscribe() as q:
-            job = await ctx.jobs.get(job_id)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            while not wire.JobState(job.state).terminal:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    event = await asyncio.wait_for(q.get(), timeout=remaining)
-                except TimeoutError:
-                    break
-                if event["job"] == job_id:
-                    job = await ctx.jobs.get(job_id)
-            return job_view(job, events=True)
+        job = await ctx.jobs.feed.wait_until(
+            lambda: ctx.jobs.get(job_id),
+            lambda j: wire.JobState(j.state).terminal,
+            key="job",
+            record_id=job_id,
+            timeout=timeout,
+        )
+        return job_view(job, events=True)
 
     @app.post("/v1/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str, tok: PrintScope) -> dict[str, Any]:
@@ -418,21 +411,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def wait_command(
         command_id: str, _t: Read, timeout: Annotated[float, Query(gt=0, le=3600)] = 30.0
     ) -> dict[str, Any]:
-        async with ctx.commands.feed.subscribe() as q:
-            cmd = await ctx.commands.get(command_id)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            while not wire.CommandState(cmd.state).terminal:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    event = await asyncio.wait_for(q.get(), timeout=remaining)
-                except TimeoutError:
-                    break
-                if event["command"] == command_id:
-                    cmd = await ctx.commands.get(command_id)
-            return command_view(cmd, events=True)
+        cmd = await ctx.commands.feed.wait_until(
+            lambda: ctx.commands.get(command_id),
+            lambda c: wire.CommandState(c.state).terminal,
+            key="command",
+            record_id=command_id,
+            timeout=timeout,
+        )
+        return command_view(cmd, events=True)
 
     @app.post("/v1/commands/{command_id}/cancel")
     async def cancel_command(command_id: str, tok: Admin) -> dict[str, Any]:

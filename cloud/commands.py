@@ -7,10 +7,8 @@ timed-out record; nothing else ever moves a record backwards.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, or_, select
@@ -18,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from cloud.errors import ControllerError, NotFound
+from cloud.feed import Feed
 from cloud.models import Command, CommandEvent, Device
 from printfleet import wire
 
@@ -50,29 +49,10 @@ def command_allowed(current: wire.CommandState, new: wire.CommandState) -> bool:
     return _RANK[new] > _RANK[current]
 
 
-class CommandFeed:
-    def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
-
-    def publish(self, event: dict[str, Any]) -> None:
-        for q in list(self._queues):
-            if q.qsize() < 10_000:
-                q.put_nowait(event)
-
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._queues.add(q)
-        try:
-            yield q
-        finally:
-            self._queues.discard(q)
-
-
 class CommandStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self.feed = CommandFeed()
+        self.feed = Feed()
 
     async def targets(self, target: str | None, *, all_devices: bool = False) -> list[str]:
         """Device names for a target: a name, ``tag:NAME``, or every device."""

@@ -12,8 +12,7 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from cloud.errors import Conflict, ControllerError, NotFound
+from cloud.feed import Feed
 from cloud.models import Job, JobEvent, Printer
 from printfleet import wire
 from printfleet.escpos.document import DocumentError, parse_document, text_document
@@ -123,25 +123,8 @@ def render_submission(sub: Submission, profile_name: str) -> bytes:
     raise ControllerError(f"unknown job kind {sub.kind!r}")
 
 
-class JobFeed:
-    """Fan-out of job transitions to in-process listeners (long-polls, watchers)."""
-
-    def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
-
-    def publish(self, event: dict[str, Any]) -> None:
-        for q in list(self._queues):
-            if q.qsize() < 10_000:
-                q.put_nowait(event)
-
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._queues.add(q)
-        try:
-            yield q
-        finally:
-            self._queues.discard(q)
+#: Job transitions, for long-polls and `jobs watch`.
+JobFeed = Feed
 
 
 class JobStore:
