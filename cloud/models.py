@@ -40,6 +40,10 @@ class Device(Base):
     keepalive: Mapped[int] = mapped_column(Integer, default=10)
     trusted_kids: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: ``device`` (a printer host running the agent) or ``bridge`` (a phone bridge).
+    kind: Mapped[str] = mapped_column(String(8), default="device", server_default="device")
+    #: For a bridge: the printers it can reach over BLE (``bridge register --near``).
+    near: Mapped[list[str] | None] = mapped_column(JSON, default=None)
 
     printers: Mapped[list[Printer]] = relationship(back_populates="device", cascade="all, delete-orphan")
 
@@ -59,6 +63,14 @@ class Printer(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     health: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     health_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # the BLE side, for the degraded path through a phone bridge
+    unique_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    ble_address: Mapped[str | None] = mapped_column(String(64), default=None)
+    ble_name: Mapped[str | None] = mapped_column(String(64), default=None)
+    ble_profile: Mapped[str | None] = mapped_column(String(64), default=None)
+    public_key: Mapped[str | None] = mapped_column(String(128), default=None)
+    identity: Mapped[str] = mapped_column(String(16), default="preferred", server_default="preferred")
+    latency_threshold_ms: Mapped[int | None] = mapped_column(Integer, default=None)
 
     device: Mapped[Device] = relationship(back_populates="printers")
 
@@ -98,6 +110,14 @@ class Job(Base):
     executor: Mapped[str | None] = mapped_column(String(80), default=None)
     reprint_of: Mapped[str | None] = mapped_column(String(32), default=None)
     cancel_requested_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # routing: the bridge a job came from, the path it takes, and the right to print
+    origin: Mapped[str | None] = mapped_column(String(63), default=None)
+    route: Mapped[str] = mapped_column(String(8), default="agent", server_default="agent")
+    #: When the executor was given the right to start writing (``job.grant``): never rerouted after.
+    claimed_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    offer_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    offer_until: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    tried_bridges: Mapped[list[str] | None] = mapped_column(JSON, default=None)
 
     events: Mapped[list[JobEvent]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobEvent.id"
