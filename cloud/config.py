@@ -137,7 +137,13 @@ class ControllerConfig:
     #: Payloads of finished jobs are purged after this many seconds (receipts carry personal data).
     payload_retention_s: float = 7 * 24 * 3600.0
     #: How long an agent may hold the right to print a job without hearing from the controller.
-    lease_s: float = 24 * 3600.0
+    lease_s: float = 30.0
+    #: A printer's path is degraded (jobs go to a phone bridge) above this host round trip, unless
+    #: the printer sets its own threshold (`printers set --latency-threshold`).
+    latency_threshold_ms: int = 1000
+    #: How long a bridge has to connect to the printer after an offer; the lease it then gets.
+    bridge_offer_s: float = 30.0
+    bridge_lease_s: float = 120.0
     idempotency_keep_s: float = 48 * 3600.0
     #: How long an instruction (envelope) stays valid; a later delivery is refused as stale.
     instruction_ttl_s: float = 600.0

@@ -22,11 +22,12 @@ from broker import Refusal
 from cloud.audit import Audit
 from cloud.commands import CommandStore
 from cloud.config import ControllerConfig
-from cloud.jobs import QUEUED_ONLY, JobStore
+from cloud.jobs import QUEUED_ONLY, JobStore, Submission
 from cloud.keys import Keyring
 from cloud.models import Command, Job
 from cloud.presence import Presence, PresenceChange
 from cloud.registry import Registry
+from cloud.routing import Router, RoutingConfig
 from printfleet import wire
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Controller:
         audit: Audit | None = None,
         tls_context: ssl.SSLContext | None = None,
         commands: CommandStore | None = None,
+        router: Router | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -81,6 +83,16 @@ class Controller:
         self._audit = audit
         self._tls_context = tls_context
         self.commands = commands
+        self.router = router or Router(
+            jobs.sessions,
+            jobs,
+            RoutingConfig(
+                lease_s=config.lease_s,
+                latency_threshold_ms=config.latency_threshold_ms,
+                offer_s=config.bridge_offer_s,
+                bridge_lease_s=config.bridge_lease_s,
+            ),
+        )
         self._refusals: asyncio.Queue[Refusal] = asyncio.Queue(maxsize=10_000)
         self.refusals_dropped = 0
         self.last_error: str | None = None
@@ -217,12 +229,13 @@ class Controller:
                 peer.client_id, "message.spoofed", env.src, f"on {topic} claiming src {env.src}"
             )
             return
-        allowed = wire.PRESENCE_TYPES if channel is wire.Channel.PRESENCE else wire.UPSTREAM_TYPES
+        upstream = wire.BRIDGE_UPSTREAM_TYPES if peer.role is wire.Role.BRIDGE else wire.UPSTREAM_TYPES
+        allowed = wire.PRESENCE_TYPES if channel is wire.Channel.PRESENCE else upstream
         if env.type not in allowed or channel is wire.Channel.DOWN:
             log.warning("dropped a %s message on %s", env.type, topic)
             return
-        if peer.role is not wire.Role.DEVICE:
-            return  # bridges arrive with the BLE fallback
+        if peer.role not in (wire.Role.DEVICE, wire.Role.BRIDGE):
+            return
         try:
             await self._dispatch(peer, env)
         except wire.WireError as exc:
@@ -234,7 +247,7 @@ class Controller:
             case wire.MsgType.BIRTH:
                 change = await self.presence.on_birth(name, env.parsed(wire.Birth))
                 if change is not None:
-                    await self._came_online(change)
+                    await self._came_online(change, peer)
             case wire.MsgType.WILL:
                 await self.presence.on_will(name, env.parsed(wire.Will))
             case wire.MsgType.HEARTBEAT:
@@ -254,8 +267,8 @@ class Controller:
                     ),
                 )
                 if change.came_online:
-                    await self._came_online(change)
-                elif change.config_stale:
+                    await self._came_online(change, peer)
+                elif change.config_stale and peer.role is wire.Role.DEVICE:
                     await self.push_config(name)
             case wire.MsgType.HEARTBEAT_ECHO:
                 await self.presence.on_echo(name, env.parsed(wire.HeartbeatEcho))
@@ -263,6 +276,18 @@ class Controller:
                 await self._on_report(peer, env.parsed(wire.JobReport))
             case wire.MsgType.CMD_REPORT:
                 await self._on_command_report(peer, env.parsed(wire.CommandReport))
+            case wire.MsgType.JOB_CLAIM:
+                await self._on_claim(peer, env.parsed(wire.JobClaim))
+            case wire.MsgType.BRIDGE_READY:
+                await self._on_bridge_ready(peer, env.parsed(wire.BridgeReady))
+            case wire.MsgType.BRIDGE_FAILED:
+                failed: wire.BridgeFailed = env.parsed(wire.BridgeFailed)
+                if await self.router.bridge_failed(name, failed, wire.now_ms()):
+                    self.wake_outbox()
+            case wire.MsgType.JOB_SUBMIT:
+                await self._on_bridge_submit(peer, env.parsed(wire.JobSubmit))
+            case wire.MsgType.SYNC_REQUEST if peer.role is wire.Role.BRIDGE:
+                self.wake_outbox()
             case wire.MsgType.SYNC_REQUEST:
                 await self.push_config(name)
                 await self.jobs.resend_now(name)
@@ -300,7 +325,82 @@ class Controller:
                 )
         await self.send(peer, wire.ReportAck(report_ids=(report.report_id,)))
 
-    async def _came_online(self, change: PresenceChange) -> None:
+    async def _on_claim(self, peer: wire.Peer, claim: wire.JobClaim) -> None:
+        result = await self.router.claim(claim.job_id, peer.client_id, wire.now_ms())
+        if not result.granted:
+            log.info("claim of job %s by %s refused: %s", claim.job_id, peer, result.reason)
+            await self.router.refuse_claim_outcome(claim.job_id, result)
+        await self.send(
+            peer,
+            wire.JobGrant(
+                job_id=claim.job_id,
+                granted=result.granted,
+                lease_until=result.lease_until,
+                reason=result.reason,
+            ),
+        )
+
+    async def _on_bridge_ready(self, peer: wire.Peer, ready: wire.BridgeReady) -> None:
+        now = wire.now_ms()
+        job, refusal = await self.router.bridge_ready(peer.name, ready, now)
+        if job is None or job.payload is None:
+            await self.send(
+                peer, wire.JobGrant(job_id=ready.job_id, granted=False, reason=refusal or "payload purged")
+            )
+            self.wake_outbox()
+            return
+        body = wire.JobPrint(
+            job_id=job.id,
+            printer=job.printer_name,
+            data=base64.b64encode(job.payload).decode(),
+            sha256=job.payload_sha256,
+            copies=job.copies,
+            priority=job.priority,
+            order=job.seq,
+            submitted_at=job.created_at,
+            expires_at=job.expires_at,
+            lease_until=now + int(self.router.config.offer_s * 1000),
+            attempt=max(job.attempt, 1),
+        )
+        await self.send(peer, body)
+
+    async def _on_bridge_submit(self, peer: wire.Peer, sub: wire.JobSubmit) -> None:
+        content: Any
+        match sub.kind:
+            case "text":
+                content = sub.text
+            case "doc":
+                content = sub.document
+            case _:
+                try:
+                    content = base64.b64decode(sub.data or "", validate=True)
+                except ValueError:
+                    content = None
+        try:
+            job, _created = await self.jobs.submit(
+                Submission(
+                    printer=sub.printer,
+                    kind=sub.kind,
+                    content=content,
+                    copies=sub.copies,
+                    priority=sub.priority,
+                    idempotency_key=sub.idempotency_key,
+                    client=peer.client_id,
+                    origin=peer.name,
+                )
+            )
+        except Exception as exc:  # a clear refusal back to the phone; nothing was stored
+            await self.send(peer, wire.JobAccepted(request_id=sub.request_id, error=str(exc)[:500]))
+            return
+        if self._audit is not None:
+            await self._audit.record(peer.client_id, "job.submit", job.id, outcome="ok", detail=sub.printer)
+        await self.send(peer, wire.JobAccepted(request_id=sub.request_id, job_id=job.id))
+        self.wake_outbox()
+
+    async def _came_online(self, change: PresenceChange, peer: wire.Peer) -> None:
+        if peer.role is wire.Role.BRIDGE:
+            self.wake_outbox()
+            return
         await self.push_config(change.device)
         await self.jobs.resend_now(change.device)
         if self.commands is not None:
@@ -318,10 +418,16 @@ class Controller:
                 peer.client_id, "report.disabled", report.job_id, "report from a disabled device"
             )
             return
-        if job is not None and job.device_name != peer.name:
-            await self.security(
-                peer.client_id, "report.forged", job.id, f"report on a job of device {job.device_name}"
+        if job is not None and _holder(job) != peer.client_id:
+            former = (peer.role is wire.Role.DEVICE and job.device_name == peer.name) or (
+                peer.role is wire.Role.BRIDGE and peer.name in (job.tried_bridges or ())
             )
+            if former:  # the job was rerouted: a late report from its former executor changes nothing
+                log.info("job %s: %s from %s ignored (held by %s)", job.id, report.state, peer, _holder(job))
+            else:
+                await self.security(
+                    peer.client_id, "report.forged", job.id, f"report on a job of device {job.device_name}"
+                )
             job = None  # acknowledged below (so the agent stops resending) but never applied
         if job is not None:
             await self.jobs.transition(
@@ -345,6 +451,21 @@ class Controller:
                 continue
             online = await self.presence.online_devices()
             now = wire.now_ms()
+            await self.router.lapsed(now, set(online))
+            for offer in await self.router.plan(now):
+                await self.send(
+                    wire.Peer(role=wire.Role.BRIDGE, name=offer.bridge),
+                    wire.BridgeOffer(
+                        offer_id=offer.offer_id,
+                        job_id=offer.job_id,
+                        printer=offer.printer,
+                        bridge=offer.bridge,
+                        grant_until=offer.grant_until,
+                        size=offer.size,
+                        sha256=offer.sha256,
+                        reason=offer.reason,
+                    ),
+                )
             for job in await self.jobs.due_for_dispatch(online, now):
                 await self._dispatch_job(job, now)
             if self.commands is not None:
@@ -519,6 +640,11 @@ class Controller:
         await self.printers_removed(printers)
         if self._on_kick is not None:
             await self._on_kick(_device_peer(device).client_id)
+
+
+def _holder(job: Job) -> str:
+    """The executor a job is routed to (its host's agent until the first dispatch is recorded)."""
+    return job.executor or _device_peer(job.device_name).client_id
 
 
 def _device_peer(name: str) -> wire.Peer:

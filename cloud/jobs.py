@@ -23,7 +23,7 @@ from sqlalchemy.orm import selectinload
 
 from cloud.errors import Conflict, ControllerError, NotFound
 from cloud.feed import Feed
-from cloud.models import Job, JobEvent, Printer
+from cloud.models import Device, Job, JobEvent, Printer
 from printfleet import wire
 from printfleet.escpos.document import DocumentError, parse_document, text_document
 from printfleet.escpos.profiles import get_profile
@@ -80,6 +80,8 @@ class Submission:
     ttl_s: float | None = None
     idempotency_key: str | None = None
     client: str = "admin"
+    #: The bridge (a user's device) the job came from: tried first when the path is degraded.
+    origin: str | None = None
 
     def request_hash(self) -> str:
         content = self.content
@@ -134,6 +136,10 @@ class JobStore:
         self._last_seq = 0
         self._seq_lock = asyncio.Lock()
 
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        return self._sessions
+
     async def _next_seq(self, s: AsyncSession) -> int:
         if self._last_seq == 0:
             self._last_seq = int(await s.scalar(select(func.max(Job.seq))) or 0)
@@ -156,6 +162,12 @@ class JobStore:
             )
             if printer is None:
                 raise NotFound(f"no printer named {sub.printer!r}")
+            if sub.origin is not None:
+                bridge = await s.scalar(
+                    select(Device).where(Device.name == sub.origin, Device.kind == "bridge")
+                )
+                if bridge is None:
+                    raise NotFound(f"no bridge named {sub.origin!r}")
             data = render_submission(sub, printer.profile)
             if len(data) > wire.MAX_JOB_BYTES:
                 raise ControllerError(
@@ -183,9 +195,15 @@ class JobStore:
                     idempotency_key=sub.idempotency_key,
                     request_hash=req_hash,
                     next_attempt_at=now,
+                    origin=sub.origin,
                 )
                 job.events.append(
-                    JobEvent(at=now, state=S.QUEUED.value, detail=None, source=f"api:{sub.client}")
+                    JobEvent(
+                        at=now,
+                        state=S.QUEUED.value,
+                        detail=None if sub.origin is None else f"from bridge {sub.origin}",
+                        source=f"api:{sub.client}",
+                    )
                 )
                 s.add(job)
                 try:
@@ -333,7 +351,7 @@ class JobStore:
             await s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state.in_(open_states) | Job.cancel_requested_at.is_not(None))
-                .where(Job.state.notin_(_TERMINAL))
+                .where(Job.state.notin_(_TERMINAL), Job.route == "agent")
                 .values(
                     attempt=attempt,
                     next_attempt_at=next_attempt_at,
@@ -345,7 +363,7 @@ class JobStore:
             first = _rowcount(
                 await s.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.state == S.QUEUED.value)
+                    .where(Job.id == job_id, Job.state == S.QUEUED.value, Job.route == "agent")
                     .values(state=S.DISPATCHED.value, updated_at=at)
                     .execution_options(synchronize_session=False)
                 )
@@ -421,6 +439,7 @@ class JobStore:
                 select(Job)
                 .where(
                     Job.device_name.in_(list(device_names)),
+                    Job.route == "agent",
                     or_(
                         and_(Job.state.in_([S.QUEUED.value, S.DISPATCHED.value]), Job.acked.is_(False)),
                         and_(Job.cancel_requested_at.is_not(None), Job.state.notin_(_TERMINAL)),
@@ -455,6 +474,7 @@ class JobStore:
                 update(Job)
                 .where(
                     Job.device_name == device_name,
+                    Job.route == "agent",
                     Job.state.in_([S.QUEUED.value, S.DISPATCHED.value]),
                     Job.acked.is_(False),
                 )
@@ -520,6 +540,8 @@ def job_view(job: Job, *, events: bool = False) -> dict[str, Any]:
         "detail": job.detail,
         "attempts": job.attempt,
         "executor": job.executor,
+        "route": job.route,
+        "origin": job.origin,
         "reprint_of": job.reprint_of,
         "payload_purged": job.purged_at is not None,
         "idempotency_key": job.idempotency_key,

@@ -17,13 +17,16 @@ import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device_agent.config import AgentConfig, AgentError
-from device_agent.journal import Journal
+from device_agent.journal import Journal, JournalJob
 from device_agent.maintenance import CommandRejected, Executor, HostCommands, LogBuffer
 from device_agent.worker import PortFactory, PrinterWorker
 from printfleet import __version__, tls, wire
 
 log = logging.getLogger(__name__)
 S = wire.JobState
+
+#: How long a claim waits for the controller's answer before asking again.
+CLAIM_TIMEOUT_S = 5.0
 
 
 class _RestartNow(Exception):
@@ -82,6 +85,7 @@ class Agent:
         }
         self.online = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
+        self._claims: dict[str, asyncio.Future[wire.JobGrant]] = {}
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -163,6 +167,7 @@ class Agent:
                 continue
             worker = PrinterWorker(
                 spec,
+                claim=self.claim,
                 journal=self.journal,
                 port_factory=self._port_factory,
                 report=self._queue_report,
@@ -378,6 +383,11 @@ class Agent:
                 await self._on_printers_config(env.parsed(wire.PrintersConfig))
             case wire.MsgType.CMD_RUN:
                 await self.executor.on_command(env.parsed(wire.CommandRun))
+            case wire.MsgType.JOB_GRANT:
+                grant: wire.JobGrant = env.parsed(wire.JobGrant)
+                waiter = self._claims.get(grant.job_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(grant)
             case wire.MsgType.KEYS_UPDATE:
                 update: wire.KeysUpdate = env.parsed(wire.KeysUpdate)
                 keys = wire.parse_public_keys(list(update.public_keys))
@@ -396,6 +406,9 @@ class Agent:
             report = await self.journal.report_current(job.job_id, now=now, ctl_now=self.ctl_now())
             if report is not None:
                 await self._queue_report(report)
+            worker = self._workers.get(record.printer)
+            if worker is not None:  # it may have been routed back here after a release
+                worker[0].wake()
             return
         if job.expires_at is not None and self.ctl_now() > job.expires_at:
             await self._queue_report(
@@ -445,6 +458,43 @@ class Agent:
             self.offset_ms = offset
         if ack.config_version != self._config_version:
             await self._publish(wire.Channel.UP, wire.SyncRequest(session=self._session, reason="config"))
+
+    # -- the right to print -------------------------------------------------------------------
+
+    async def claim(self, job: JournalJob) -> bool:
+        """Ask the controller for the right to start writing ``job``; True only when granted.
+
+        Waits (re-asking every few seconds) while the controller cannot be reached: no byte goes
+        to the printer without a grant. A refusal releases the job in the journal for good
+        (another executor holds it), unless the controller sends it here again.
+        """
+        while True:
+            await self.online.wait()
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[wire.JobGrant] = loop.create_future()
+            self._claims[job.job_id] = waiter
+            try:
+                sent = await self._publish(
+                    wire.Channel.UP,
+                    wire.JobClaim(job_id=job.job_id, printer=job.printer, attempt=job.attempt),
+                )
+                if not sent:
+                    await asyncio.sleep(0.5)
+                    continue
+                try:
+                    grant = await asyncio.wait_for(asyncio.shield(waiter), timeout=CLAIM_TIMEOUT_S)
+                except TimeoutError:
+                    log.info("no answer to the claim of job %s yet; asking again", job.job_id)
+                    continue
+            finally:
+                if self._claims.get(job.job_id) is waiter:
+                    del self._claims[job.job_id]
+            if grant.granted and grant.lease_until is not None and self.ctl_now() < grant.lease_until:
+                return True
+            reason = grant.reason or "lease already over"
+            log.warning("job %s not printed here: %s", job.job_id, reason)
+            await self.journal.release(job.job_id, self.local_ms(), reason)
+            return False
 
     # -- loops --------------------------------------------------------------------------------
 

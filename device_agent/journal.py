@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     received_at INTEGER NOT NULL,
     started_at INTEGER,
     finished_at INTEGER,
-    detail TEXT
+    detail TEXT,
+    released_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (printer, state, priority, ord);
 CREATE TABLE IF NOT EXISTS reports (
@@ -167,6 +168,8 @@ class Journal:
         columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
         if "after" not in columns:  # journals written before the ordering gate existed
             db.execute("ALTER TABLE jobs ADD COLUMN after TEXT")
+        if "released_at" not in columns:  # journals written before claims existed
+            db.execute("ALTER TABLE jobs ADD COLUMN released_at INTEGER")
         self._db = db
 
     async def close(self) -> None:
@@ -243,6 +246,16 @@ class Journal:
                 row = db.execute("SELECT * FROM jobs WHERE job_id=?", (job.job_id,)).fetchone()
                 if row is not None:
                     existing = _row_job(row)
+                    if row["released_at"] is not None and existing.state.value in WAITING:
+                        # the controller routed it back here after taking it away: wait for it again
+                        db.execute(
+                            "UPDATE jobs SET released_at=NULL, lease_until=?, attempt=max(attempt, ?)"
+                            " WHERE job_id=?",
+                            (job.lease_until, job.attempt, job.job_id),
+                        )
+                        return _row_job(
+                            db.execute("SELECT * FROM jobs WHERE job_id=?", (job.job_id,)).fetchone()
+                        ), False
                     if existing.state.value in WAITING and not existing.started and job.lease_until:
                         db.execute(
                             "UPDATE jobs SET lease_until=max(coalesce(lease_until,0), ?) WHERE job_id=?",
@@ -272,6 +285,20 @@ class Journal:
 
         return await self._run(run)
 
+    async def release(self, job_id: str, now: int, reason: str) -> bool:
+        """The controller refused this agent's claim (the job went to another executor): keep the id,
+        never print it unless the controller sends it here again."""
+
+        def run() -> bool:
+            cur = self._conn().execute(
+                "UPDATE jobs SET released_at=?, detail=? WHERE job_id=? AND started_at IS NULL"
+                " AND released_at IS NULL",
+                (now, f"released: {reason}"[:500], job_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(run)
+
     async def tombstone(self, job_id: str, printer: str, state: wire.JobState, detail: str, now: int) -> bool:
         """Record a job id the agent must never print (cancelled or refused before it arrived)."""
 
@@ -297,7 +324,7 @@ class Journal:
             db = self._conn()
             rows = db.execute(
                 "SELECT * FROM jobs WHERE printer=? AND state IN (?, ?) AND started_at IS NULL"
-                " ORDER BY priority DESC, ord ASC LIMIT 1",
+                " AND released_at IS NULL ORDER BY priority DESC, ord ASC LIMIT 1",
                 (printer, *WAITING),
             ).fetchall()
             if not rows:
@@ -314,7 +341,9 @@ class Journal:
     async def waiting_printers(self) -> list[str]:
         def run() -> list[str]:
             rows = self._conn().execute(
-                "SELECT DISTINCT printer FROM jobs WHERE state IN (?, ?) AND started_at IS NULL", WAITING
+                "SELECT DISTINCT printer FROM jobs WHERE state IN (?, ?) AND started_at IS NULL"
+                " AND released_at IS NULL",
+                WAITING,
             )
             return [r["printer"] for r in rows]
 

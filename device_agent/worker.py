@@ -2,6 +2,7 @@
 
 The order of durable steps is what makes printing at-most-once:
 
+0. the controller grants the right to print it (a claim: it may have routed it elsewhere);
 1. the job is marked ``printing`` (with ``started_at``) in the journal, fsync'd;
 2. only then do its bytes go to the printer;
 3. ``printed`` is recorded once the printer confirmed (GS r barrier, then a status check).
@@ -44,6 +45,8 @@ class PrinterPort(Protocol):
 
 PortFactory = Callable[[wire.PrinterSpec], contextlib.AbstractAsyncContextManager[PrinterPort]]
 Reporter = Callable[[wire.JobReport], Awaitable[None]]
+#: Asks the controller for the right to start writing a job (see :meth:`Agent.claim`).
+Claimer = Callable[[JournalJob], Awaitable[bool]]
 
 
 class PrinterWorker:
@@ -51,6 +54,7 @@ class PrinterWorker:
         self,
         spec: wire.PrinterSpec,
         *,
+        claim: Claimer,
         journal: Journal,
         port_factory: PortFactory,
         report: Reporter,
@@ -60,6 +64,7 @@ class PrinterWorker:
     ) -> None:
         self.spec = spec
         self._journal = journal
+        self._claim = claim
         self._factory = port_factory
         self._report = report
         self._ctl_now = ctl_now
@@ -186,6 +191,12 @@ class PrinterWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             self._wake.clear()
             return
+        # No byte without the controller's grant: it may have routed the job elsewhere meanwhile.
+        if not await self._claim(job):
+            return
+        current = await self._journal.get(job.job_id)
+        if current is None or current.state not in (S.DELIVERED, S.HELD) or current.started:
+            return  # cancelled (or otherwise settled) while the claim was out
         self.busy = True
         try:
             await self._transition(job, S.PRINTING, started=True, copies_done=job.copies_done)

@@ -245,6 +245,15 @@ class MsgType(StrEnum):
     CMD_REPORT = "cmd.report"
     CONTROLLER_ONLINE = "controller.online"
     CONTROLLER_OFFLINE = "controller.offline"
+    # the right to print (agents and bridges)
+    JOB_CLAIM = "job.claim"
+    JOB_GRANT = "job.grant"
+    # the degraded path through a phone bridge
+    BRIDGE_OFFER = "bridge.offer"
+    BRIDGE_READY = "bridge.ready"
+    BRIDGE_FAILED = "bridge.failed"
+    JOB_SUBMIT = "job.submit"
+    JOB_ACCEPTED = "job.accepted"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -516,6 +525,111 @@ class ControllerOffline(Body):
     session: int = Field(ge=1)
 
 
+class JobClaim(Body):
+    """An executor asks for the right to start writing a job's bytes (sent before the first byte).
+
+    Nothing is printed without a granted claim: the controller grants it only while the job is
+    still routed to this executor, and never reroutes a job after granting it. That closes the
+    race a lease alone leaves open (an executor starts just before its lease lapses and its
+    "printing" report is lost with its connection: the job would be printed twice).
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.JOB_CLAIM
+    job_id: str = _Id
+    printer: str = _Name
+    attempt: int = Field(default=1, ge=1)
+
+
+class JobGrant(Body):
+    """The controller's answer to a claim: start now (until ``lease_until``), or let the job go."""
+
+    TYPE: ClassVar[MsgType] = MsgType.JOB_GRANT
+    job_id: str = _Id
+    granted: bool
+    lease_until: int | None = None
+    reason: str | None = Field(default=None, max_length=200)
+
+
+IdentityPolicy = Literal["required", "preferred", "off"]
+IdentityOutcome = Literal["verified", "unverified", "skipped"]
+
+
+class BlePrinter(BaseModel):
+    """A printer's BLE side as the controller sends it to a bridge (from the printer's record)."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+
+    name: str = _Name
+    unique_id: str = Field(min_length=1, max_length=64)
+    ble_address: str | None = Field(default=None, max_length=64)
+    ble_name: str | None = Field(default=None, max_length=64)
+    ble_profile: str | None = Field(default=None, max_length=64)
+    public_key: str | None = Field(default=None, max_length=128)
+    identity: IdentityPolicy = "preferred"
+
+
+class BridgeOffer(Body):
+    """Connection information and a short-lived grant: connect to this printer for this job.
+
+    The bridge connects, proves the printer's identity per policy and answers ``bridge.ready``
+    (or ``bridge.failed``); only then does the controller hand it the job (a ``job.print``).
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.BRIDGE_OFFER
+    offer_id: str = _Id
+    job_id: str = _Id
+    printer: BlePrinter
+    bridge: str = _Name
+    grant_until: int
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    reason: str = Field(default="", max_length=200)
+
+
+class BridgeReady(Body):
+    """The bridge is connected to the right printer (as far as ``identity`` says) and waits for the job."""
+
+    TYPE: ClassVar[MsgType] = MsgType.BRIDGE_READY
+    offer_id: str = _Id
+    job_id: str = _Id
+    identity: IdentityOutcome
+    address: str = Field(default="", max_length=64)
+    profile: str = Field(default="", max_length=64)
+
+
+class BridgeFailed(Body):
+    """The bridge could not take the job; no byte of it was written."""
+
+    TYPE: ClassVar[MsgType] = MsgType.BRIDGE_FAILED
+    offer_id: str = _Id
+    job_id: str = _Id
+    reason: str = Field(max_length=500)
+
+
+class JobSubmit(Body):
+    """A job a bridge (a user's phone) submits over its own session; its origin is that bridge."""
+
+    TYPE: ClassVar[MsgType] = MsgType.JOB_SUBMIT
+    request_id: str = _Id
+    printer: str = _Name
+    kind: Literal["text", "doc", "raw"] = "text"
+    text: str | None = Field(default=None, max_length=MAX_JOB_BYTES)
+    document: dict[str, Any] | None = None
+    data: str | None = Field(default=None, max_length=(MAX_JOB_BYTES * 4) // 3 + 4)
+    copies: int = Field(default=1, ge=1, le=100)
+    priority: int = Field(default=0, ge=-100, le=100)
+    idempotency_key: str | None = Field(default=None, max_length=128)
+
+
+class JobAccepted(Body):
+    """The answer to a ``job.submit``: the job's id, or why it was refused (nothing was stored)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.JOB_ACCEPTED
+    request_id: str = _Id
+    job_id: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, max_length=500)
+
+
 BODY_TYPES: dict[MsgType, type[Body]] = {
     cls.TYPE: cls
     for cls in (
@@ -536,6 +650,13 @@ BODY_TYPES: dict[MsgType, type[Body]] = {
         Refused,
         ControllerOnline,
         ControllerOffline,
+        JobClaim,
+        JobGrant,
+        BridgeOffer,
+        BridgeReady,
+        BridgeFailed,
+        JobSubmit,
+        JobAccepted,
     )
 }
 
@@ -548,7 +669,12 @@ UPSTREAM_TYPES = frozenset(
         MsgType.SYNC_REQUEST,
         MsgType.REFUSED,
         MsgType.CMD_REPORT,
+        MsgType.JOB_CLAIM,
     }
+)
+#: What a bridge may send besides the above (devices may not).
+BRIDGE_UPSTREAM_TYPES = UPSTREAM_TYPES | frozenset(
+    {MsgType.BRIDGE_READY, MsgType.BRIDGE_FAILED, MsgType.JOB_SUBMIT}
 )
 PRESENCE_TYPES = frozenset({MsgType.BIRTH, MsgType.WILL})
 #: Message types only the controller sends; a peer verifies their signature before acting.
@@ -561,6 +687,9 @@ DOWNSTREAM_TYPES = frozenset(
         MsgType.PRINTERS_CONFIG,
         MsgType.KEYS_UPDATE,
         MsgType.CMD_RUN,
+        MsgType.JOB_GRANT,
+        MsgType.BRIDGE_OFFER,
+        MsgType.JOB_ACCEPTED,
     }
 )
 
