@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.audit import Audit, audit_view
+from cloud.bridges import Bridges, PrinterBle, bridge_view
 from cloud.commands import CommandStore, command_view
 from cloud.controller import Controller
 from cloud.errors import ControllerError
@@ -41,6 +42,8 @@ class ApiContext:
     #: credentials live; rewrites mosquitto's files and reloads it otherwise).
     credentials_changed: Callable[[], Awaitable[None]]
     commands: CommandStore
+    bridges: Bridges | None = None
+    bridge_config: Callable[[str, str], dict[str, Any]] | None = None
 
 
 class PrinterBody(BaseModel):
@@ -88,9 +91,37 @@ class EnrollIn(BaseModel):
     token: str = Field(min_length=8, max_length=128)
 
 
-class JobIn(BaseModel):
+class BridgeIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+    name: str
+    near: list[str] = Field(default_factory=list, max_length=256)
+    enroll: bool = False
+    enroll_ttl: float = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+
+
+class NearIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    near: list[str] = Field(max_length=256)
+
+
+class PrinterBleIn(BaseModel):
+    """Only the fields present change; ``null`` clears one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    ble_address: str | None = None
+    ble_name: str | None = None
+    ble_profile: str | None = None
+    public_key: str | None = None
+    identity: Literal["required", "preferred", "off"] = "preferred"
+    latency_threshold_ms: int | None = None
+    unique_id: str = Field(default="", max_length=64)
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
     printer: str
+    #: The bridge (a user's phone) the job comes from: tried first if the printer's path is degraded.
+    origin: str | None = Field(default=None, alias="from", max_length=63)
     text: str | None = None
     document: dict[str, Any] | None = None
     raw_base64: str | None = None
@@ -214,6 +245,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         device, secret = await ctx.registry.redeem_enrollment(body.token)
         request.state.actor = f"enroll:{device}"
         await ctx.credentials_changed()
+        if (await ctx.registry.get_device(device)).kind == "bridge" and ctx.bridge_config is not None:
+            return {"bridge": device, "bridge_config": ctx.bridge_config(device, secret)}
         return {"device": device, "agent_config": ctx.agent_config(device, secret)}
 
     @app.post("/v1/devices/{name}/disable")
@@ -289,6 +322,82 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "jobs": results,
         }
 
+    # -- phone bridges and the printers' BLE side ----------------------------------------------
+
+    def bridges() -> Bridges:
+        if ctx.bridges is None or ctx.bridge_config is None:
+            raise ControllerError("bridges are not available on this controller", status=404)
+        return ctx.bridges
+
+    @app.patch("/v1/printers/{name}/ble")
+    async def set_printer_ble(name: str, body: PrinterBleIn, _t: Admin) -> dict[str, Any]:
+        given = {k: getattr(body, k) for k in body.model_fields_set}
+        printer = await bridges().set_printer_ble(name, PrinterBle(**given))
+        return printer_view(await ctx.registry.get_printer(printer.name))
+
+    @app.get("/v1/bridges")
+    async def list_bridges(_t: Read) -> list[dict[str, Any]]:
+        now = wire.now_ms()
+        return [bridge_view(b, now) for b in await bridges().list()]
+
+    @app.get("/v1/bridges/{name}")
+    async def get_bridge(name: str, _t: Read) -> dict[str, Any]:
+        return bridge_view(await bridges().get(name), wire.now_ms())
+
+    @app.post("/v1/bridges", status_code=201)
+    async def add_bridge(body: BridgeIn, _t: Admin) -> dict[str, Any]:
+        bridge, secret = await bridges().add(body.name, body.near)
+        await ctx.credentials_changed()
+        view = bridge_view(bridge, wire.now_ms())
+        if body.enroll:
+            token, expires = await ctx.registry.create_enrollment(bridge.name, body.enroll_ttl)
+            return {"bridge": view, "enrollment_token": token, "expires_at": expires}
+        assert ctx.bridge_config is not None
+        return {"bridge": view, "bridge_config": ctx.bridge_config(bridge.name, secret)}
+
+    @app.post("/v1/bridges/{name}/near")
+    async def set_bridge_near(name: str, body: NearIn, _t: Admin) -> dict[str, Any]:
+        return bridge_view(await bridges().set_near(name, body.near), wire.now_ms())
+
+    @app.post("/v1/bridges/{name}/enrollment", status_code=201)
+    async def new_bridge_enrollment(
+        name: str, _t: Admin, ttl: Annotated[float, Query(ge=60, le=30 * 24 * 3600)] = 86400
+    ) -> dict[str, Any]:
+        await bridges().get(name)
+        token, expires = await ctx.registry.create_enrollment(name, ttl)
+        return {"bridge": name, "enrollment_token": token, "expires_at": expires}
+
+    @app.post("/v1/bridges/{name}/disable")
+    async def disable_bridge(name: str, _t: Admin) -> dict[str, Any]:
+        await bridges().get(name)
+        await ctx.registry.set_enabled(name, False)
+        await ctx.credentials_changed()
+        await ctx.controller.kick(wire.Peer(role=wire.Role.BRIDGE, name=name))
+        return bridge_view(await bridges().get(name), wire.now_ms())
+
+    @app.post("/v1/bridges/{name}/enable")
+    async def enable_bridge(name: str, _t: Admin) -> dict[str, Any]:
+        await bridges().get(name)
+        await ctx.registry.set_enabled(name, True)
+        await ctx.credentials_changed()
+        return bridge_view(await bridges().get(name), wire.now_ms())
+
+    @app.post("/v1/bridges/{name}/rotate")
+    async def rotate_bridge(name: str, _t: Admin) -> dict[str, Any]:
+        await bridges().get(name)
+        secret = await ctx.registry.rotate_secret(name)
+        await ctx.credentials_changed()
+        await ctx.controller.kick(wire.Peer(role=wire.Role.BRIDGE, name=name))
+        assert ctx.bridge_config is not None
+        return {"bridge": name, "bridge_config": ctx.bridge_config(name, secret)}
+
+    @app.delete("/v1/bridges/{name}")
+    async def remove_bridge(name: str, _t: Admin) -> dict[str, Any]:
+        await bridges().remove(name)
+        await ctx.credentials_changed()
+        await ctx.controller.kick(wire.Peer(role=wire.Role.BRIDGE, name=name))
+        return {"removed": name}
+
     # -- jobs ---------------------------------------------------------------------------------
 
     @app.post("/v1/jobs", status_code=201)
@@ -323,6 +432,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 ttl_s=body.ttl,
                 idempotency_key=key,
                 client=tok.name,
+                origin=body.origin,
             )
         )
         if created:
@@ -459,7 +569,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/v1/keys")
     async def list_keys(_t: Admin) -> list[dict[str, object]]:
-        trust = [(d.name, d.trusted_kids) for d in await ctx.registry.list_devices()]
+        peers = [*await ctx.registry.list_devices(), *await ctx.registry.list_devices("bridge")]
+        trust = [(d.name, d.trusted_kids) for d in peers]
         return ctx.controller.keyring.describe(trust)
 
     @app.post("/v1/keys/rotate")
@@ -470,9 +581,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.delete("/v1/keys/{kid}")
     async def retire_key(kid: str, _t: Admin) -> dict[str, Any]:
+        peers = [*await ctx.registry.list_devices(), *await ctx.registry.list_devices("bridge")]
         still = [
             d.name
-            for d in await ctx.registry.list_devices()
+            for d in peers
             if d.trusted_kids
             and kid in d.trusted_kids
             and ctx.controller.keyring.active.kid not in d.trusted_kids

@@ -101,7 +101,7 @@ class Controller:
 
     async def run(self) -> None:
         await self.presence.mark_all_unknown()
-        for device in await self.registry.list_devices():
+        for device in [*await self.registry.list_devices(), *await self.registry.list_devices("bridge")]:
             if device.trusted_kids:
                 self._trusted[device.name] = tuple(device.trusted_kids)
         try:
@@ -177,8 +177,8 @@ class Controller:
 
     async def rotate_keys(self) -> wire.SigningKey:
         new = self.keyring.rotate()
-        for name in await self.presence.online_devices():
-            await self.push_keys(_device_peer(name))
+        for peer in await self.presence.online_peers():
+            await self.push_keys(peer)
         return new
 
     def instruction(self, body: wire.Body, dst: wire.Peer, *, exp: int | None = None) -> wire.Envelope:
@@ -630,6 +630,11 @@ class Controller:
         while True:
             r = await self._refusals.get()
             await self.security(r.client, f"broker.{r.action}", r.target, r.reason)
+
+    async def kick(self, peer: wire.Peer) -> None:
+        """Drop a peer's live session (its credentials were just revoked or changed)."""
+        if self._on_kick is not None:
+            await self._on_kick(peer.client_id)
 
     async def device_disabled(self, device: str) -> None:
         """Cut a device's live session at once (the broker refuses its credentials from now on)."""

@@ -161,8 +161,19 @@ class Presence:
                 device.last_seen_at = now
 
     async def online_devices(self) -> Sequence[str]:
+        """Names of online peers (printer hosts and bridges share one namespace)."""
         async with self._sessions() as s:
             rows = await s.scalars(
                 select(Device.name).where(Device.online.is_(True), Device.enabled.is_(True))
             )
             return rows.all()
+
+    async def online_peers(self) -> list[wire.Peer]:
+        async with self._sessions() as s:
+            rows = await s.execute(
+                select(Device.name, Device.kind).where(Device.online.is_(True), Device.enabled.is_(True))
+            )
+            return [
+                wire.Peer(role=wire.Role.BRIDGE if kind == "bridge" else wire.Role.DEVICE, name=name)
+                for name, kind in rows.all()
+            ]

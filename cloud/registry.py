@@ -207,10 +207,14 @@ class Registry:
         async with self._sessions() as s:
             return await self._device(s, name)
 
-    async def list_devices(self) -> Sequence[Device]:
+    async def list_devices(self, kind: str = "device") -> Sequence[Device]:
+        """Printer hosts (``kind="device"``) or phone bridges (``kind="bridge"``)."""
         async with self._sessions() as s:
             rows = await s.scalars(
-                select(Device).options(selectinload(Device.printers)).order_by(Device.name)
+                select(Device)
+                .where(Device.kind == kind)
+                .options(selectinload(Device.printers))
+                .order_by(Device.name)
             )
             return rows.all()
 
@@ -292,6 +296,7 @@ class Registry:
             profile=p.profile,
             flow_control=p.flow_control,
             created_at=now,
+            unique_id=f"pf-{p.name}",
         )
 
     async def printers_config(self, device_name: str) -> wire.PrintersConfig:
@@ -391,27 +396,28 @@ class DbCredentials:
                 return None
             hashed = await self._registry.get_setting(CONTROLLER_SECRET_KEY)
             return Credential(peer=peer, password_hash=hashed) if hashed else None
-        if peer.role is wire.Role.DEVICE:
-            try:
-                device = await self._registry.get_device(peer.name)
-            except NotFound:
-                return None
-            return Credential(peer=peer, password_hash=device.secret_hash, enabled=device.enabled)
-        return None
+        try:
+            device = await self._registry.get_device(peer.name)
+        except NotFound:
+            return None
+        if device.kind != ("bridge" if peer.role is wire.Role.BRIDGE else "device"):
+            return None  # a bridge's credential never opens a device's session, nor the reverse
+        return Credential(peer=peer, password_hash=device.secret_hash, enabled=device.enabled)
 
     async def all(self) -> list[Credential]:
         out: list[Credential] = []
         hashed = await self._registry.get_setting(CONTROLLER_SECRET_KEY)
         if hashed:
             out.append(Credential(peer=self._controller, password_hash=hashed))
-        for device in await self._registry.list_devices():
-            out.append(
-                Credential(
-                    peer=wire.Peer(role=wire.Role.DEVICE, name=device.name),
-                    password_hash=device.secret_hash,
-                    enabled=device.enabled,
+        for kind, role in (("device", wire.Role.DEVICE), ("bridge", wire.Role.BRIDGE)):
+            for device in await self._registry.list_devices(kind):
+                out.append(
+                    Credential(
+                        peer=wire.Peer(role=role, name=device.name),
+                        password_hash=device.secret_hash,
+                        enabled=device.enabled,
+                    )
                 )
-            )
         return out
 
 
@@ -461,4 +467,13 @@ def printer_view(printer: Printer, device: Device | None = None) -> dict[str, An
         "status": status,
         "health": printer.health,
         "health_at": printer.health_at,
+        "unique_id": printer.unique_id,
+        "ble": {
+            "address": printer.ble_address,
+            "name": printer.ble_name,
+            "profile": printer.ble_profile,
+            "public_key": printer.public_key,
+            "identity": printer.identity,
+        },
+        "latency_threshold_ms": printer.latency_threshold_ms,
     }

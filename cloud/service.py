@@ -19,6 +19,7 @@ from broker import EmbeddedBroker, ListenerSpec, Refusal
 from cloud import db
 from cloud.api import ApiContext, create_app
 from cloud.audit import Audit
+from cloud.bridges import Bridges
 from cloud.broker_sync import MosquittoSync
 from cloud.commands import CommandStore
 from cloud.config import ControllerConfig, parse_mqtt_url
@@ -152,6 +153,8 @@ class ControllerService:
                     audit=self.audit,
                     credentials_changed=self._credentials_changed,
                     commands=self.commands,
+                    bridges=Bridges(sessions),
+                    bridge_config=self.bridge_config,
                 )
             )
             server = _Server(
@@ -261,12 +264,20 @@ class ControllerService:
 
     def agent_config(self, device: str, secret: str) -> dict[str, Any]:
         """What a device agent needs: its credentials, the broker(s), the controller and its key."""
+        return self._peer_config(wire.Peer(role=wire.Role.DEVICE, name=device), secret)
+
+    def bridge_config(self, bridge: str, secret: str) -> dict[str, Any]:
+        """What a phone bridge needs (the same shape, under [bridge] and its own credential)."""
+        return self._peer_config(wire.Peer(role=wire.Role.BRIDGE, name=bridge), secret)
+
+    def _peer_config(self, peer: wire.Peer, secret: str) -> dict[str, Any]:
         assert self.endpoints is not None
+        device = peer.name
         data: dict[str, Any] = {
-            "device": {"name": device},
+            ("bridge" if peer.role is wire.Role.BRIDGE else "device"): {"name": device},
             "mqtt": {
                 "urls": list(self.endpoints.advertised_mqtt),
-                "username": wire.Peer(role=wire.Role.DEVICE, name=device).client_id,
+                "username": peer.client_id,
                 "password": secret,
                 "keepalive": self.config.agent_keepalive,
             },
@@ -280,9 +291,7 @@ class ControllerService:
         if files is not None:
             section = {"ca_pem": files.ca_cert.read_text()}
             if self.config.mtls:
-                pair = tls.LocalCA.load(files.directory).issue_client(
-                    wire.Peer(role=wire.Role.DEVICE, name=device).client_id
-                )
+                pair = tls.LocalCA.load(files.directory).issue_client(peer.client_id)
                 section["cert_pem"] = pair.cert_pem.decode()
                 section["key_pem"] = pair.key_pem.decode()
             data["tls"] = section

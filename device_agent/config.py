@@ -245,6 +245,10 @@ def _parse_tls(sec: Any, base_dir: Path | None) -> TlsSettings | None:
     return TlsSettings(ca_pem=ca, cert_pem=cert, key_pem=key)
 
 
+#: The [tls] section parser, shared with the phone bridge's config (the same section).
+parse_tls = _parse_tls
+
+
 def load_config(path: Path) -> AgentConfig:
     try:
         raw = path.read_bytes()
