@@ -391,6 +391,12 @@ def print_cmd(
         float | None, typer.Option(help="Seconds after which the job is stale and must not print.")
     ] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Same key twice creates one job.")] = None,
+    origin: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="The bridge (a user's phone) it comes from: tried first if the path fails."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the outcome; exit 0 only if printed.")] = False,
     wait_timeout: Annotated[
         float | None, typer.Option(help="With --wait: give up after this many seconds.")
@@ -406,6 +412,8 @@ def print_cmd(
         body["ttl"] = ttl
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
+    if origin is not None:
+        body["from"] = origin
     try:
         if text is not None:
             body["text"] = text
@@ -473,6 +481,11 @@ def jobs_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fa
         return
     out.print(f"job {job['id']}  printer {job['printer']} on {job['device']}", markup=False)
     out.print(f"state {job['state']}" + (f" ({job['detail']})" if job["detail"] else ""), markup=False)
+    path = "phone bridge" if job.get("route") == "bridge" else "printer host"
+    executor = job.get("executor") or "-"
+    out.print(
+        f"path {path} ({executor})" + (f", from {job['origin']}" if job.get("origin") else ""), markup=False
+    )
     out.print(
         f"copies {job['copies_done']}/{job['copies']}, {job['size']} bytes, attempts {job['attempts']}",
         markup=False,
@@ -967,3 +980,7 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         os._exit(1)
+
+
+# The bridge commands live in their own module; importing it registers them on `app`.
+from printfleet import cli_bridge  # noqa: E402, F401

@@ -541,6 +541,27 @@ def client_context(cafile: Path, certfile: Path | None = None, keyfile: Path | N
     return ctx
 
 
+def client_context_from_pem(
+    ca_pem: str, cert_pem: str | None = None, key_pem: str | None = None
+) -> ssl.SSLContext:
+    """:func:`client_context` from PEM text (a bridge keeps its config in one file).
+
+    The client key only touches disk in a private temporary directory, removed at once.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="printfleet-tls-") as tmp:
+        directory = Path(tmp)
+        ca = directory / "ca.pem"
+        _write(ca, ca_pem.encode(), secret=False)
+        cert = key = None
+        if cert_pem is not None and key_pem is not None:
+            cert, key = directory / "client.pem", directory / "client.key"
+            _write(cert, cert_pem.encode(), secret=False)
+            _write(key, key_pem.encode(), secret=True)
+        return client_context(ca, cert, key)
+
+
 class SSLPeer(Protocol):
     """What :func:`peer_identity` needs: ``ssl.SSLObject`` and ``ssl.SSLSocket`` both qualify."""
 
