@@ -111,9 +111,19 @@ def address_string(address: hci.Address) -> str:
 
 @contextlib.contextmanager
 def _mapped(what: str) -> Iterator[None]:
-    """Map bumble's exceptions to bleak's at the boundary."""
+    """Map bumble's exceptions to bleak's at the boundary.
+
+    bumble cancels the future of a pending ATT request when the link drops, so a write request or a
+    read in flight at a disconnect ends in ``CancelledError`` although nobody cancelled the caller:
+    that one becomes a :class:`~bleak.exc.BleakError` (a real cancellation of the task propagates).
+    """
     try:
         yield
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise BleakError(f"{what}: disconnected") from exc
     except att.ATT_Error as exc:
         raise BleakGATTProtocolError(exc.error_code) from exc
     except (core.TimeoutError, TimeoutError) as exc:

@@ -83,6 +83,14 @@ class VirtualPrinterConfig:
     max_mtu: int = 517
     disconnect_after_bytes: int | None = None
     """Drop the connection once this many bytes of print data arrived (the rest is lost)."""
+    drop_first_connections: int = 0
+    """Hang up at once on this many connections before accepting one (a flaky link, a busy module)."""
+    write_with_response: bool = True
+    """The write characteristic has the ``write`` property; without it write requests get the ATT
+    error *Write Not Permitted*."""
+    write_without_response: bool = True
+    """The write characteristic has ``write-without-response``; without it write commands are ignored
+    (a write command has no reply, so the sender never learns)."""
     unique_id: str = "printer-1"
     identity_key: Ed25519PrivateKey | None = field(default=None, repr=False)
     """Answers the identity challenge with this key; ``None``: no identity service."""
@@ -100,6 +108,10 @@ class VirtualPrinterConfig:
             raise ValueError("max_mtu must be within 23..517")
         if self.disconnect_after_bytes is not None and self.disconnect_after_bytes < 0:
             raise ValueError("disconnect_after_bytes must not be negative")
+        if self.drop_first_connections < 0:
+            raise ValueError("drop_first_connections must not be negative")
+        if not (self.write_with_response or self.write_without_response):
+            raise ValueError("the write characteristic needs write, write-without-response or both")
         hci.Address(self.address)  # raises on a malformed address
 
 
@@ -141,6 +153,10 @@ class VirtualPrinter:
         self.connections = 0
         self.disconnections = 0
         self.challenges = 0
+        self.write_requests = 0
+        """Write requests (with response) to the write characteristic, refused ones included."""
+        self.write_commands = 0
+        """Write commands (without response) to the write characteristic, ignored ones included."""
         self._controller: Controller | None = None
         self._transport: Transport | None = None
         self._device: Device | None = None
@@ -174,6 +190,7 @@ class VirtualPrinter:
         self._device = device
         device.gatt_server.max_mtu = cfg.max_mtu
         device.add_services(self._services())
+        self._count_writes(device)
         device.on(Device.EVENT_CONNECTION, self._on_connection)
         try:
             await device.power_on()
@@ -222,7 +239,11 @@ class VirtualPrinter:
         cfg = self.config
         profile = cfg.profile
         props = gatt.Characteristic.Properties
-        write_props = props.WRITE | props.WRITE_WITHOUT_RESPONSE
+        write_props = props(0)
+        if cfg.write_with_response:
+            write_props |= props.WRITE
+        if cfg.write_without_response:
+            write_props |= props.WRITE_WITHOUT_RESPONSE
         if profile.notify_uuid == profile.write_uuid:
             write_props |= props.NOTIFY
         self._write_char = gatt.Characteristic(
@@ -284,8 +305,38 @@ class VirtualPrinter:
             )
         )
 
+    def _count_writes(self, device: Device) -> None:
+        """Tell write requests from write commands on the print characteristic (bumble's GATT server
+        hands both to the same value callback), and enforce the configured write properties."""
+        server = device.gatt_server
+        on_request, on_command = server.on_att_write_request, server.on_att_write_command
+
+        def request(bearer: att.Bearer, pdu: att.ATT_Write_Request) -> object:
+            if self._write_char is not None and pdu.attribute_handle == self._write_char.handle:
+                self.write_requests += 1
+                if not self.config.write_with_response:
+                    raise att.ATT_Error(att.ATT_WRITE_NOT_PERMITTED_ERROR, pdu.attribute_handle)
+            return on_request(bearer, pdu)
+
+        def command(bearer: att.Bearer, pdu: att.ATT_Write_Command) -> object:
+            if self._write_char is not None and pdu.attribute_handle == self._write_char.handle:
+                self.write_commands += 1
+                if not self.config.write_without_response:
+                    return None
+            return on_command(bearer, pdu)
+
+        # bumble's server looks its handlers up by name on the instance (``on_<pdu name>``).
+        server.on_att_write_request = request
+        server.on_att_write_command = command
+
     def _on_connection(self, connection: Connection) -> None:
         self.connections += 1
+        if self.connections <= self.config.drop_first_connections:
+            log.info("virtual printer %s: dropping connection %d", self.config.name, self.connections)
+            reason = hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR
+            self._act(lambda: connection.disconnect(reason))
+            connection.on(Connection.EVENT_DISCONNECTION, lambda _reason: self._on_disconnection(connection))
+            return
         self._connection = connection
         connection.on(Connection.EVENT_DISCONNECTION, lambda _reason: self._on_disconnection(connection))
         self._signal()
