@@ -33,7 +33,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -44,6 +43,7 @@ from phone_bridge.ble import (
     BleError,
     PrinterConnection,
     PrinterTarget,
+    RadioLike,
     WriteFailed,
     open_backend,
 )
@@ -233,7 +233,9 @@ class Bridge:
                     async with asyncio.timeout(remaining):
                         conn = await stack.enter_async_context(PrinterConnection.open(target, self._backend))
                 except TimeoutError:
-                    return await self._not_taken(offer, "could not connect to the printer before the offer lapsed")
+                    return await self._not_taken(
+                        offer, "could not connect to the printer before the offer lapsed"
+                    )
                 except BleError as exc:
                     return await self._not_taken(offer, str(exc))
                 identity = str(conn.identity.value)
@@ -280,7 +282,12 @@ class Bridge:
         return grant.granted and grant.lease_until is not None and self.ctl_now() < grant.lease_until
 
     async def _write(
-        self, offer: wire.BridgeOffer, job: wire.JobPrint, payload: bytes, conn: PrinterConnection, identity: str
+        self,
+        offer: wire.BridgeOffer,
+        job: wire.JobPrint,
+        payload: bytes,
+        conn: PrinterConnection,
+        identity: str,
     ) -> Outcome:
         written = 0
         copies_done = 0
@@ -303,11 +310,17 @@ class Bridge:
                 return await self._not_taken(offer, f"nothing written: {exc}")
             detail = f"BLE link failed during copy {copies_done + 1} after {written + sent} bytes: {exc}"
             self._report(job, S.UNKNOWN, detail, copies_done)
-            return Outcome(job_id=job.job_id, state="unknown", detail=detail, identity=identity, bytes_written=written)
-        note = {"verified": "identity verified", "unverified": "identity unverified"}.get(identity, "identity not checked")
+            return Outcome(
+                job_id=job.job_id, state="unknown", detail=detail, identity=identity, bytes_written=written
+            )
+        note = {"verified": "identity verified", "unverified": "identity unverified"}.get(
+            identity, "identity not checked"
+        )
         detail = f"printed over BLE by bridge {self.peer.name} ({note})"
         self._report(job, S.PRINTED, detail, copies_done)
-        return Outcome(job_id=job.job_id, state="printed", detail=detail, identity=identity, bytes_written=written)
+        return Outcome(
+            job_id=job.job_id, state="printed", detail=detail, identity=identity, bytes_written=written
+        )
 
     async def _not_taken(self, offer: wire.BridgeOffer, reason: str) -> Outcome:
         log.warning("job %s not taken: %s", offer.job_id, reason)
@@ -453,7 +466,7 @@ class Bridge:
                 for table in (self._grants, self._handovers):
                     fut = table.get(grant.job_id)
                     if fut is not None and not fut.done():
-                        fut.set_result(grant)  # type: ignore[arg-type]  # both tables accept a grant
+                        fut.set_result(grant)
                         break
             case wire.MsgType.JOB_ACCEPTED:
                 accepted: wire.JobAccepted = env.parsed(wire.JobAccepted)
@@ -522,17 +535,15 @@ class Bridge:
 
 @contextlib.asynccontextmanager
 async def open_bridge(
-    config: BridgeConfig, *, backend_spec: str | None = None, backend: Backend | None = None
+    config: BridgeConfig, *, backend: str | RadioLike | None = None
 ) -> AsyncIterator[Bridge]:
     """Run a bridge for the duration of the block (the library API; see the module docstring).
 
-    ``backend`` (an opened :class:`~phone_bridge.ble.Backend`, e.g. an in-process radio in tests)
-    wins over ``backend_spec``, which wins over the config's ``ble_backend``.
+    ``backend``: a spec (``bleak`` or ``bumble:SPEC``) or an open radio (e.g. an in-process
+    :class:`~phone_bridge.bleak_bumble.BumbleRadio` in tests); default: the config's ``ble_backend``.
     """
-    async with contextlib.AsyncExitStack() as stack:
-        if backend is None:
-            backend = await stack.enter_async_context(open_backend(backend_spec or config.ble_backend))
-        bridge = Bridge(config, backend)
+    async with open_backend(backend or config.ble_backend) as opened:
+        bridge = Bridge(config, opened)
         task = asyncio.create_task(bridge._run(), name=f"bridge-{config.name}")
         try:
             yield bridge
@@ -546,12 +557,11 @@ async def open_bridge(
 async def run_bridge(
     config: BridgeConfig,
     *,
-    backend_spec: str | None = None,
-    backend: Backend | None = None,
+    backend: str | RadioLike | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> None:
     """`printfleet bridge run`: approve every instruction (or decline all if auto_approve is off)."""
-    async with open_bridge(config, backend_spec=backend_spec, backend=backend) as bridge:
+    async with open_bridge(config, backend=backend) as bridge:
         async for instruction in bridge.instructions():
             if not config.auto_approve:
                 await instruction.decline("this bridge does not take jobs on its own (auto_approve off)")
@@ -560,7 +570,3 @@ async def run_bridge(
             log.info("job %s: %s (%s)", outcome.job_id, outcome.state, outcome.detail)
             if on_outcome is not None:
                 on_outcome(outcome)
-
-
-def default_config_path() -> Path:
-    return Path("bridge.toml")

@@ -193,7 +193,7 @@ def bridge_run(
 
     try:
         cfg = load_bridge_config(config)
-        asyncio.run(_run_until_signal(run_bridge(cfg, backend_spec=ble_backend, on_outcome=show)))
+        asyncio.run(_run_until_signal(run_bridge(cfg, backend=ble_backend, on_outcome=show)))
     except PrintfleetError as exc:
         fail(str(exc))
 

@@ -139,7 +139,9 @@ class Fleet:
         ) as client:
             return await client.request(method, path, **kw)
 
-    async def add_device(self, name: str, serial_url: str, *, keepalive: int | None = None) -> Path:
+    async def add_device(
+        self, name: str, serial_url: str, *, keepalive: int | None = None, mqtt_url: str | None = None
+    ) -> Path:
         cfg = self.root / f"{name}.agent.toml"
         await self.cli("devices", "add", name, "--serial", serial_url, "--out", str(cfg))
         import tomllib
@@ -148,6 +150,8 @@ class Fleet:
         data["agent"] = {"state_dir": f"{name}-state"}  # each test keeps its journal in its tmp dir
         if keepalive is not None:
             data["mqtt"]["keepalive"] = keepalive
+        if mqtt_url is not None:  # e.g. through a latency proxy
+            data["mqtt"]["urls"] = [mqtt_url]
         write_config(cfg, data)
         await self.sync_broker_credentials(load_config(cfg).username, load_config(cfg).password)
         return cfg

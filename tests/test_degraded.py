@@ -1,0 +1,208 @@
+"""The degraded path end to end: controller, broker, agent process, pty printer, and a phone bridge
+printing over BLE to a virtual printer on bumble's real stack.
+
+Each test asserts on what the printers themselves received: the pty printer of the host and the
+virtual BLE printer, so "printed once, by the bridge" is checked on paper, not only in the records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from phone_bridge.virtual_printer import Impostor
+from printfleet.escpos.simulator import PtyPrinter
+from tests.bridgekit import ble_printer, ble_rig, running_bridge, submit, wait_job
+from tests.fleet import Fleet, running_fleet
+from tests.latency_proxy import LatencyProxy
+
+#: Short leases and offers so the races happen within a test's time.
+ROUTING = {"lease_s": 3.0, "bridge_offer_s": 8.0, "bridge_lease_s": 6.0}
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    async with running_fleet(tmp_path, "embedded", **ROUTING) as f:
+        yield f
+
+
+async def _host(
+    fleet: Fleet, printer: PtyPrinter, name: str = "kiosk-1", mqtt_url: str | None = None
+) -> Path:
+    return await fleet.add_device(name, printer.url, keepalive=2, mqtt_url=mqtt_url)
+
+
+async def test_offline_host_job_printed_once_by_the_bridge(fleet: Fleet) -> None:
+    async with PtyPrinter() as pty, ble_rig() as rig:
+        cfg = await _host(fleet, pty)
+        agent = await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        async with (
+            ble_printer(rig, fleet, "kiosk-1") as vp,
+            running_bridge(fleet, rig, "phone-1", ["kiosk-1"]),
+        ):
+            first = await submit(fleet, "kiosk-1", "normal path")
+            job = await wait_job(fleet, first, {"printed"})
+            assert job["route"] == "agent" and job["executor"] == "dev-kiosk-1"
+
+            await agent.kill()
+            await fleet.wait_device("kiosk-1", lambda d: not d["online"], timeout=5)
+            job_id = await submit(fleet, "kiosk-1", "ORDER 42 over BLE")
+            job = await wait_job(fleet, job_id, {"printed", "failed", "unknown"}, timeout=40)
+            assert job["state"] == "printed", job
+            assert job["route"] == "bridge" and job["executor"] == "brg-phone-1"
+            assert "printed over BLE by bridge phone-1 (identity verified)" in job["detail"]
+            details = " | ".join(e["detail"] or "" for e in job["events"])
+            assert "rerouted to bridge phone-1: host kiosk-1 offline" in details
+
+            receipts = await vp.wait_for_receipts(1, timeout=5)
+            assert [r.text.count("ORDER 42 over BLE") for r in receipts] == [1]
+
+            # the host comes back: it never had the job, and prints nothing of it
+            await fleet.start_agent(cfg)
+            await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+            check = await submit(fleet, "kiosk-1", "after return")
+            assert (await wait_job(fleet, check, {"printed"}))["route"] == "agent"
+            printed = "\n".join(r.text for r in pty.model.receipts)
+            assert "ORDER 42" not in printed and "after return" in printed
+            assert sum(r.text.count("ORDER 42") for r in vp.model.receipts) == 1
+
+
+async def test_host_back_with_the_job_in_its_journal_does_not_print_it(fleet: Fleet) -> None:
+    """The race the lease exists for: the agent holds the job (acknowledged, held: paper out) and
+    goes silent; its lease lapses; the bridge prints the job; the agent comes back with the job
+    still queued in its journal, asks for the right to print it, is refused, and prints nothing."""
+    async with PtyPrinter() as pty, ble_rig() as rig:
+        cfg = await _host(fleet, pty)
+        agent = await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        pty.set_fault(paper_out=True)
+        job_id = await submit(fleet, "kiosk-1", "RACE JOB")
+        held = await wait_job(fleet, job_id, {"held"}, timeout=20)
+        assert "paper" in (held["detail"] or "")
+
+        agent.signal(signal.SIGSTOP)  # alive, journal intact, but silent
+        await fleet.wait_device("kiosk-1", lambda d: not d["online"], timeout=10)
+        async with (
+            ble_printer(rig, fleet, "kiosk-1") as vp,
+            running_bridge(fleet, rig, "phone-1", ["kiosk-1"]),
+        ):
+            job = await wait_job(fleet, job_id, {"printed", "failed", "unknown"}, timeout=40)
+            assert job["state"] == "printed" and job["executor"] == "brg-phone-1", job
+            reroute = [e for e in job["events"] if "rerouted" in (e["detail"] or "")]
+            assert len(reroute) == 1
+            # rerouted only after the lease the agent held had lapsed
+            held_at = max(e["at"] for e in job["events"] if e["state"] == "held")
+            assert reroute[0]["at"] - held_at >= ROUTING["lease_s"] * 1000
+            assert sum(r.text.count("RACE JOB") for r in vp.model.receipts) == 1
+
+            pty.set_fault(paper_out=False)
+            agent.signal(signal.SIGCONT)
+            await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+            # the agent asks for the job and is refused: wait until it has said so, then look at paper
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while "not printed here" not in agent.log_text():
+                assert loop.time() < deadline, agent.log_text()[-3000:]
+                await asyncio.sleep(0.1)  # polling the agent's log, bounded by the deadline
+            later = await submit(fleet, "kiosk-1", "NEXT JOB")
+            assert (await wait_job(fleet, later, {"printed"}))["executor"] == "dev-kiosk-1"
+            printed = "\n".join(r.text for r in pty.model.receipts)
+            assert "RACE JOB" not in printed and "NEXT JOB" in printed
+            final = (await fleet.api("GET", f"/v1/jobs/{job_id}")).json()
+            assert final["state"] == "printed" and final["executor"] == "brg-phone-1"
+
+
+async def test_agent_dead_mid_write_is_not_rerouted_and_ends_unknown(fleet: Fleet) -> None:
+    async with PtyPrinter(drain_bytes_per_s=400) as pty, ble_rig() as rig:
+        cfg = await _host(fleet, pty)
+        agent = await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        async with (
+            ble_printer(rig, fleet, "kiosk-1") as vp,
+            running_bridge(fleet, rig, "phone-1", ["kiosk-1"]),
+        ):
+            job_id = await submit(fleet, "kiosk-1", "LONG JOB\n" + "line of a long receipt\n" * 60)
+            await wait_job(fleet, job_id, {"printing"}, timeout=20)
+            await agent.kill()
+            await fleet.wait_device("kiosk-1", lambda d: not d["online"], timeout=5)
+            # well past the lease and the offer time: a claimed job stays with its executor
+            await asyncio.sleep(ROUTING["lease_s"] + 4)
+            job = (await fleet.api("GET", f"/v1/jobs/{job_id}")).json()
+            assert job["state"] == "printing" and job["route"] == "agent", job
+            assert vp.bytes_received == 0
+
+            await fleet.start_agent(cfg)
+            job = await wait_job(fleet, job_id, {"unknown"}, timeout=20)
+            assert job["executor"] == "dev-kiosk-1"
+            assert vp.bytes_received == 0
+
+
+async def test_slow_host_path_reroutes_to_the_bridge(fleet: Fleet) -> None:
+    """Latency-triggered: the host is online, but its round trip is above the printer's threshold."""
+    assert fleet.svc.endpoints is not None
+    broker_port = int(fleet.svc.endpoints.mqtt_urls[0].rsplit(":", 1)[1])
+    async with (
+        PtyPrinter() as pty,
+        ble_rig() as rig,
+        LatencyProxy("127.0.0.1", broker_port) as proxy,
+    ):
+        cfg = await _host(fleet, pty, mqtt_url=proxy.url)
+        await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"] and d["latency_ms"] is not None, timeout=20)
+        async with (
+            ble_printer(rig, fleet, "kiosk-1") as vp,
+            running_bridge(fleet, rig, "phone-1", ["kiosk-1"]),
+        ):
+            await fleet.cli("printers", "set", "kiosk-1", "--latency-threshold", "400")
+            fast = await submit(fleet, "kiosk-1", "FAST PATH")
+            assert (await wait_job(fleet, fast, {"printed"}))["route"] == "agent"
+
+            proxy.delay_s = 0.4  # each way: a round trip of about 800 ms
+            await fleet.wait_device("kiosk-1", lambda d: (d["latency_ms"] or 0) > 400, timeout=20)
+            slow = await submit(fleet, "kiosk-1", "SLOW PATH")
+            job = await wait_job(fleet, slow, {"printed", "failed", "unknown"}, timeout=40)
+            assert job["state"] == "printed" and job["executor"] == "brg-phone-1", job
+            assert any("round trip" in (e["detail"] or "") for e in job["events"])
+            assert sum(r.text.count("SLOW PATH") for r in vp.model.receipts) == 1
+
+            proxy.delay_s = 0.0
+            await fleet.wait_device("kiosk-1", lambda d: (d["latency_ms"] or 1e9) < 400, timeout=20)
+            again = await submit(fleet, "kiosk-1", "FAST AGAIN")
+            assert (await wait_job(fleet, again, {"printed"}))["route"] == "agent"
+            printed = "\n".join(r.text for r in pty.model.receipts)
+            assert "SLOW PATH" not in printed and "FAST AGAIN" in printed
+
+
+async def test_impostor_with_the_right_name_is_refused(fleet: Fleet) -> None:
+    async with PtyPrinter() as pty, ble_rig() as rig:
+        cfg = await _host(fleet, pty)
+        agent = await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        await agent.kill()
+        await fleet.wait_device("kiosk-1", lambda d: not d["online"], timeout=5)
+        async with (
+            ble_printer(rig, fleet, "kiosk-1", impostor=Impostor.WRONG_KEY) as fake,
+            running_bridge(fleet, rig, "phone-1", ["kiosk-1"]) as bridge,
+        ):
+            job_id = await submit(fleet, "kiosk-1", "NOT FOR IMPOSTORS")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while not bridge.outcomes:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.05)  # polling the bridge's outcomes, bounded by the deadline
+            (outcome,) = bridge.outcomes
+            assert outcome.state == "not-taken" and "identity" in outcome.detail.lower(), outcome
+            assert fake.bytes_received == 0
+            job = (await fleet.api("GET", f"/v1/jobs/{job_id}")).json()
+            assert job["route"] == "agent" and job["state"] != "printed"
+            assert any("back to the normal path" in (e["detail"] or "") for e in job["events"])
+        # the host returns: the job prints on the normal path, once
+        await fleet.start_agent(cfg)
+        job = await wait_job(fleet, job_id, {"printed"}, timeout=30)
+        assert job["executor"] == "dev-kiosk-1"
+        assert sum(r.text.count("NOT FOR IMPOSTORS") for r in pty.model.receipts) == 1
