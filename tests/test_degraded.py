@@ -8,16 +8,22 @@ virtual BLE printer, so "printed once, by the bridge" is checked on paper, not o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import signal
+import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from phone_bridge.virtual_printer import Impostor
+from phone_bridge.virtual_printer import Impostor, public_key_b64
 from printfleet.escpos.simulator import PtyPrinter
-from tests.bridgekit import ble_printer, ble_rig, running_bridge, submit, wait_job
-from tests.fleet import Fleet, running_fleet
+from tests.bridgekit import ble_printer, ble_rig, running_bridge, submit, wait_bridge_online, wait_job
+from tests.fleet import AgentProcess, Fleet, running_fleet
 from tests.latency_proxy import LatencyProxy
 
 #: Short leases and offers so the races happen within a test's time.
@@ -206,3 +212,165 @@ async def test_impostor_with_the_right_name_is_refused(fleet: Fleet) -> None:
         job = await wait_job(fleet, job_id, {"printed"}, timeout=30)
         assert job["executor"] == "dev-kiosk-1"
         assert sum(r.text.count("NOT FOR IMPOSTORS") for r in pty.model.receipts) == 1
+
+
+# -- the bridge and the printer as separate programs ------------------------------------------------
+
+
+class PrinterProcess:
+    """``python -m phone_bridge.virtual_printer`` in its own process, on a virtual radio server."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, spec: str, public_key: str) -> None:
+        self.proc = proc
+        self.spec = spec
+        self.public_key = public_key
+        self.lines: list[str] = []
+
+    async def read_until(self, text: str, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while not any(text in line for line in self.lines):
+                line = await self.proc.stdout.readline()
+                if not line:
+                    raise AssertionError(f"printer process ended; output so far: {self.lines}")
+                self.lines.append(line.decode().rstrip("\n"))
+        return "\n".join(self.lines)
+
+    async def drain(self, seconds: float) -> str:
+        """Everything the printer printed within ``seconds`` more."""
+        with contextlib.suppress(TimeoutError):
+            await self.read_until("\x00never\x00", seconds)
+        return "\n".join(self.lines)
+
+
+@contextlib.asynccontextmanager
+async def printer_process(tmp: Path, *, drain: float = 8000.0) -> AsyncIterator[PrinterProcess]:
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp / "printer-key.pem"
+    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "phone_bridge.virtual_printer",
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        "XP-58",
+        "--unique-id",
+        "uid-kiosk-1",
+        "--key",
+        str(key_file),
+        "--drain",
+        str(drain),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    try:
+        first = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        match = re.search(r"bumble:tcp-client:\S+", first)
+        assert match, first
+        yield PrinterProcess(proc, match.group(), public_key_b64(key))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+async def _bridge_process(fleet: Fleet, spec: str) -> AgentProcess:
+    """`printfleet bridge register` then `printfleet bridge run --ble-backend SPEC` as a process."""
+    cfg = fleet.root / "phone-1.bridge.toml"
+    await fleet.cli("bridge", "register", "phone-1", "--near", "kiosk-1", "--out", str(cfg))
+    proc = BridgeProcess(config=cfg, log=fleet.root / "phone-1.log", spec=spec)
+    await proc.start()
+    fleet.agents.append(proc)
+    await wait_bridge_online(fleet, "phone-1")
+    return proc
+
+
+@dataclass
+class BridgeProcess(AgentProcess):
+    spec: str = "bleak"
+
+    async def start(self) -> None:
+        fh = open(self.log, "ab")  # noqa: SIM115, ASYNC230 - a local log file handed to the child
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "printfleet",
+                "bridge",
+                "run",
+                "--config",
+                str(self.config),
+                "--ble-backend",
+                self.spec,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fh,
+                stderr=fh,
+            )
+        finally:
+            fh.close()
+
+
+async def _set_ble_side(fleet: Fleet, printer: PrinterProcess) -> None:
+    key_file = fleet.root / "kiosk-1.pub"
+    key_file.write_text(printer.public_key)
+    await fleet.cli(
+        "printers", "set", "kiosk-1", "--ble-name", "XP-58", "--public-key", str(key_file),
+        "--unique-id", "uid-kiosk-1", "--identity", "required",
+    )  # fmt: skip
+
+
+async def test_bridge_and_printer_in_other_processes_print_once(fleet: Fleet) -> None:
+    """`printfleet bridge run --ble-backend bumble:tcp-client:...` reaching a printer program that
+    serves its own virtual radio: a job for an offline host is printed once, by the bridge, and the
+    host prints nothing when it returns."""
+    async with PtyPrinter() as pty, printer_process(fleet.root) as printer:
+        cfg = await _host(fleet, pty)
+        agent = await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        await _set_ble_side(fleet, printer)
+        await _bridge_process(fleet, printer.spec)
+        await agent.kill()
+        await fleet.wait_device("kiosk-1", lambda d: not d["online"], timeout=5)
+
+        res = await fleet.cli("print", "kiosk-1", "--text", "CROSS PROCESS 7", "--wait", "--json", timeout=90)
+        job = res.json()
+        assert job["state"] == "printed" and job["executor"] == "brg-phone-1", job
+        assert "identity verified" in job["detail"]
+        shown = (await fleet.cli("jobs", "show", job["id"])).stdout
+        assert "path phone bridge (brg-phone-1)" in shown
+
+        await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        output = await printer.drain(3.0)
+        assert output.count("CROSS PROCESS 7") == 1
+        assert "CROSS PROCESS 7" not in "\n".join(r.text for r in pty.model.receipts)
+
+
+async def test_bridge_killed_mid_job_ends_unknown_and_is_not_reprinted(fleet: Fleet) -> None:
+    async with PtyPrinter() as pty, printer_process(fleet.root, drain=600.0) as printer:
+        cfg = await _host(fleet, pty)
+        agent = await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        await _set_ble_side(fleet, printer)
+        bridge = await _bridge_process(fleet, printer.spec)
+        await agent.kill()
+        await fleet.wait_device("kiosk-1", lambda d: not d["online"], timeout=5)
+
+        job_id = await submit(fleet, "kiosk-1", "BIG BLE JOB\n" + "a line of a long receipt\n" * 200)
+        await wait_job(fleet, job_id, {"printing"}, timeout=40)
+        await bridge.kill()  # SIGKILL while the paced write is under way
+        job = await wait_job(fleet, job_id, {"unknown", "printed", "failed"}, timeout=40)
+        assert job["state"] == "unknown", job
+        assert "bridge phone-1 went silent" in job["detail"]
+
+        # the host returns: an unknown job is never printed again without an operator
+        await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        output = await printer.drain(3.0)
+        assert "BIG BLE JOB" not in "\n".join(r.text for r in pty.model.receipts)
+        assert output.count("BIG BLE JOB") == 0  # the cut never arrived: no complete receipt
+        final = (await fleet.api("GET", f"/v1/jobs/{job_id}")).json()
+        assert final["state"] == "unknown"
