@@ -374,3 +374,73 @@ async def test_bridge_killed_mid_job_ends_unknown_and_is_not_reprinted(fleet: Fl
         assert output.count("BIG BLE JOB") == 0  # the cut never arrived: no complete receipt
         final = (await fleet.api("GET", f"/v1/jobs/{job_id}")).json()
         assert final["state"] == "unknown"
+
+
+async def test_origin_bridge_goes_first_and_a_bridge_can_submit(fleet: Fleet) -> None:
+    """Two bridges near the printer: the job goes to the one it came from (`print --from`, or a
+    `job.submit` over that bridge's own session, as a phone app does through the library API)."""
+    from phone_bridge.bridge import open_bridge
+    from phone_bridge.config import load_bridge_config
+
+    async with PtyPrinter() as pty, ble_rig() as rig:
+        cfg = await _host(fleet, pty)
+        agent = await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        await agent.kill()
+        await fleet.wait_device("kiosk-1", lambda d: not d["online"], timeout=5)
+        async with (
+            ble_printer(rig, fleet, "kiosk-1") as vp,
+            running_bridge(fleet, rig, "phone-a", ["kiosk-1"]) as first,
+        ):
+            path = fleet.root / "phone-b.toml"
+            await fleet.cli("bridge", "register", "phone-b", "--near", "kiosk-1", "--out", str(path))
+            async with open_bridge(load_bridge_config(path), backend=rig.radio) as app_bridge:
+                await wait_bridge_online(fleet, "phone-b")
+                res = await fleet.cli("print", "kiosk-1", "--text", "FROM B", "--from", "phone-b", "--json")
+                job_id = res.json()["id"]
+                assert res.json()["origin"] == "phone-b"
+                instructions = app_bridge.instructions()
+                instruction = await asyncio.wait_for(anext(instructions), 20)
+                assert instruction.job_id == job_id and instruction.printer.name == "kiosk-1"
+                outcome = await instruction.approve()
+                assert outcome.state == "printed" and outcome.identity == "verified", outcome
+
+                submitted = await app_bridge.submit("kiosk-1", text="SUBMITTED ON B")
+                second = await asyncio.wait_for(anext(instructions), 20)
+                assert second.job_id == submitted
+                assert (await second.approve()).state == "printed"
+                with pytest.raises(Exception, match="already answered"):
+                    await second.decline()
+            for jid, text in ((job_id, "FROM B"), (submitted, "SUBMITTED ON B")):
+                job = (await fleet.api("GET", f"/v1/jobs/{jid}")).json()
+                assert job["executor"] == "brg-phone-b" and job["origin"] == "phone-b", job
+                assert sum(r.text.count(text) for r in vp.model.receipts) == 1
+            assert first.outcomes == []
+            refused = await fleet.cli("print", "kiosk-1", "--text", "x", "--from", "nobody", check=False)
+            assert refused.code != 0 and "no bridge named 'nobody'" in refused.stderr
+
+
+async def test_a_bridge_that_declines_hands_the_job_to_the_next(fleet: Fleet) -> None:
+    from phone_bridge.bridge import open_bridge
+    from phone_bridge.config import load_bridge_config
+
+    async with PtyPrinter() as pty, ble_rig() as rig:
+        cfg = await _host(fleet, pty)
+        agent = await fleet.start_agent(cfg)
+        await fleet.wait_device("kiosk-1", lambda d: d["online"], timeout=20)
+        await agent.kill()
+        await fleet.wait_device("kiosk-1", lambda d: not d["online"], timeout=5)
+        async with ble_printer(rig, fleet, "kiosk-1") as vp:
+            path = fleet.root / "phone-a.toml"
+            await fleet.cli("bridge", "register", "phone-a", "--near", "kiosk-1", "--out", str(path))
+            async with open_bridge(load_bridge_config(path), backend=rig.radio) as first:
+                await wait_bridge_online(fleet, "phone-a")
+                job_id = await submit(fleet, "kiosk-1", "SECOND BRIDGE")
+                offered = await asyncio.wait_for(anext(first.instructions()), 20)
+                await offered.decline("the user is busy")
+                async with running_bridge(fleet, rig, "phone-b", ["kiosk-1"]):
+                    job = await wait_job(fleet, job_id, {"printed"}, timeout=30)
+            assert job["executor"] == "brg-phone-b"
+            details = [e["detail"] or "" for e in job["events"]]
+            assert any("bridge phone-a: the user is busy" in d for d in details), details
+            assert sum(r.text.count("SECOND BRIDGE") for r in vp.model.receipts) == 1
