@@ -490,6 +490,28 @@ class CommandReport(Body):
     at: int
 
 
+#: Largest agent package (a printfleet wheel) an agent downloads for the ``update`` command.
+MAX_PACKAGE_BYTES = 64 * 1024 * 1024
+SHA256_RE = r"^[0-9a-f]{64}$"
+
+
+class UpdateArgs(BaseModel):
+    """The ``args`` of an ``update`` command: where the package is and what it must hash to.
+
+    ``url`` is relative (resolved against the controller the agent is configured with) or an
+    absolute URL on that controller or over https; ``sha256`` is the authority on the bytes.
+    """
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048)
+    sha256: str = Field(pattern=SHA256_RE)
+    #: The package's version as the controller read it (informational; the wheel's own is used).
+    version: str | None = Field(default=None, max_length=64)
+    #: How long the new version has, once started, to connect and announce itself.
+    health_s: float = Field(default=120.0, ge=1, le=3600)
+
+
 class KeysUpdate(Body):
     """The controller's signing keys a peer must trust from now on (key rotation).
 
@@ -927,6 +949,7 @@ __all__ = [
     "DOWNSTREAM_TYPES",
     "MAX_JOB_BYTES",
     "MAX_MESSAGE_BYTES",
+    "MAX_PACKAGE_BYTES",
     "PRESENCE_TYPES",
     "PROTOCOL_VERSION",
     "TERMINAL_JOB_STATES",
@@ -958,6 +981,7 @@ __all__ = [
     "SigningKey",
     "SyncRequest",
     "TopicRule",
+    "UpdateArgs",
     "Will",
     "WireError",
     "access_rules",
