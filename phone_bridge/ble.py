@@ -461,9 +461,16 @@ class Backend:
 
 
 @contextlib.asynccontextmanager
-async def open_backend(spec: str | BackendSpec | RadioLike) -> AsyncIterator[Backend]:
+async def open_backend(
+    spec: str | BackendSpec | RadioLike, *, open_timeout: float = 10.0
+) -> AsyncIterator[Backend]:
     """Open the Bluetooth stack named by ``spec`` (a string for :meth:`BackendSpec.parse`, a parsed
-    spec, or an already open radio, which stays open) for as long as the context lasts."""
+    spec, or an already open radio, which stays open) for as long as the context lasts.
+
+    A bumble transport must open and its controller answer within ``open_timeout`` seconds, else
+    :class:`BackendUnavailable`. bleak's platform backend starts on the first scan: a missing
+    Bluetooth stack shows there, as :class:`BackendUnavailable` from :class:`PrinterConnection`.
+    """
     if isinstance(spec, str):
         spec = BackendSpec.parse(spec)
     if not isinstance(spec, BackendSpec):
@@ -483,7 +490,10 @@ async def open_backend(spec: str | BackendSpec | RadioLike) -> AsyncIterator[Bac
     assert spec.transport is not None
     radio = BumbleRadio(spec.transport)
     try:
-        await radio.__aenter__()
+        async with asyncio.timeout(open_timeout):
+            await radio.__aenter__()
+    except TimeoutError as exc:
+        raise BackendUnavailable(f"{spec}: the HCI transport did not open within {open_timeout:g} s") from exc
     except (*_TRANSPORT_ERRORS, ValueError) as exc:
         raise BackendUnavailable(f"{spec}: cannot open the HCI transport: {exc}") from exc
     try:

@@ -526,6 +526,26 @@ async def test_bumble_backend_on_a_closed_port_is_unavailable() -> None:
             pytest.fail("the transport opened")
 
 
+async def test_bumble_backend_whose_controller_never_answers_is_unavailable() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # takes the connection, never speaks HCI
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(BackendUnavailable, match=r"did not open within 0\.5 s"):
+            async with open_backend(f"bumble:tcp-client:127.0.0.1:{port}", open_timeout=0.5):
+                pytest.fail("the transport opened")
+        assert len(accepted) == 1
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.skipif(
     Path("/run/dbus/system_bus_socket").exists() or sys.platform != "linux",
     reason="needs a Linux machine without a D-Bus system bus (where bleak's BlueZ backend cannot start)",
