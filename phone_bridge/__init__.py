@@ -9,14 +9,44 @@ Public API so far (the BLE test backend spike; see docs/ble.md):
   (``backend=radio.scanner_backend`` / ``radio.client_backend``).
 * :mod:`phone_bridge.virtual_printer`: :class:`VirtualPrinter`, :class:`VirtualPrinterConfig`,
   :class:`Impostor`, :class:`VirtualRadioServer`.
+* :mod:`phone_bridge.ble` (the bridge's printer side): :class:`PrinterTarget`, :func:`open_backend`
+  (:class:`BackendSpec`: ``"bleak"`` or ``"bumble:<HCI transport>"``) giving a :class:`Backend`,
+  :class:`PrinterConnection` (``async with PrinterConnection.open(target, backend) as printer``;
+  ``printer.identity`` is an :class:`IdentityOutcome`; ``await printer.write(data)`` returns a
+  :class:`WriteResult`), :class:`Pacing`, :class:`Backoff`, :class:`ConnectionState`, and the
+  errors under :class:`BleError`: :class:`InvalidBackendSpec`, :class:`BackendUnavailable`,
+  :class:`PrinterNotFound`, :class:`ConnectFailed`, :class:`ImpostorError`,
+  :class:`IdentityRequired`, :class:`NoPrintChannel`, :class:`WriteFailed`.
 
-The last two need ``bumble`` (a test dependency) and are imported on first use.
+``bleak_bumble`` and ``virtual_printer`` need ``bumble`` (a test dependency) and are imported on
+first use (so does ``open_backend("bumble:...")``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from phone_bridge.ble import (
+    Backend,
+    BackendSpec,
+    BackendUnavailable,
+    Backoff,
+    BleError,
+    ConnectFailed,
+    ConnectionState,
+    IdentityOutcome,
+    IdentityRequired,
+    ImpostorError,
+    InvalidBackendSpec,
+    NoPrintChannel,
+    Pacing,
+    PrinterConnection,
+    PrinterNotFound,
+    PrinterTarget,
+    WriteFailed,
+    WriteResult,
+    open_backend,
+)
 from phone_bridge.profiles import (
     IDENTITY_NONCE_UUID,
     IDENTITY_SERVICE_UUID,
@@ -60,14 +90,33 @@ __all__ = [
     "IDENTITY_SERVICE_UUID",
     "IDENTITY_SIGNATURE_UUID",
     "PROFILES",
+    "Backend",
+    "BackendSpec",
+    "BackendUnavailable",
+    "Backoff",
+    "BleError",
     "BumbleRadio",
+    "ConnectFailed",
+    "ConnectionState",
     "GattProfile",
+    "IdentityOutcome",
+    "IdentityRequired",
     "Impostor",
+    "ImpostorError",
+    "InvalidBackendSpec",
+    "NoPrintChannel",
+    "Pacing",
     "PrintChannel",
+    "PrinterConnection",
+    "PrinterNotFound",
+    "PrinterTarget",
     "VirtualPrinter",
     "VirtualPrinterConfig",
     "VirtualRadioServer",
+    "WriteFailed",
+    "WriteResult",
     "identity_message",
+    "open_backend",
     "resolve_profile",
     "verify_identity",
 ]
