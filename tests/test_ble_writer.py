@@ -17,8 +17,9 @@ import random
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from bleak import BleakClient, BleakScanner
@@ -49,12 +50,19 @@ from phone_bridge.ble import (
     PrinterNotFound,
     PrinterTarget,
     WriteFailed,
+    WriteResult,
     open_backend,
     plan_chunks,
 )
 from phone_bridge.bleak_bumble import BumbleRadio
 from phone_bridge.profiles import PROFILES, GattProfile, resolve_profile
-from phone_bridge.virtual_printer import Impostor, VirtualPrinter, VirtualPrinterConfig, public_key_b64
+from phone_bridge.virtual_printer import (
+    Impostor,
+    VirtualPrinter,
+    VirtualPrinterConfig,
+    VirtualRadioServer,
+    public_key_b64,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DRAIN = 8000.0  # the pacing test's printer prints this many bytes/s
@@ -612,6 +620,25 @@ async def test_bridge_prints_to_a_printer_in_another_process(tmp_path: Path) -> 
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_the_docs_example_prints() -> None:
+    """docs/ble.md's example, run against a virtual printer holding the test vector's key."""
+    doc = (ROOT / "docs" / "ble.md").read_text(encoding="utf-8")
+    example = re.search(r"## Printing: `phone_bridge\.ble`.*?```python\n(.*?)```", doc, re.S)
+    assert example is not None, "the example moved"
+    namespace: dict[str, object] = {}
+    exec(compile(example.group(1), "docs/ble.md", "exec"), namespace)
+    print_over_ble = cast(Callable[[str, bytes], Awaitable[WriteResult]], namespace["print_over_ble"])
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))  # the test vector's seed
+    config = VirtualPrinterConfig(name="MPT-II", unique_id="printer-1", identity_key=key, buffer_size=ROOMY)
+    data, text = receipt(20)
+    link = LocalLink()
+    async with VirtualRadioServer(link) as server, VirtualPrinter(config, link=link) as printer:
+        result = await print_over_ble(f"bumble:{server.spec}", data)
+        assert printer.bytes_received == result.bytes_written == len(data)
+        [printed] = await printer.wait_for_receipts(1)
+        assert printed.text == text and bytes(printer.model.raw_printed) == data
 
 
 # -- values, validation and the lifecycle table ----------------------------------------------------
