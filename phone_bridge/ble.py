@@ -27,6 +27,10 @@ Public API:
 * :class:`Pacing` (bytes/s ceiling, barrier every N chunks, gap between chunks), :class:`WriteResult`,
   :class:`Backoff`; the pure parts :func:`plan_chunks` and :class:`Pacer`.
 
+They live in four modules, all re-exported here: this one (the target and the connection),
+:mod:`phone_bridge.ble_backend` (backend strings and opening a stack), :mod:`phone_bridge.ble_pacing`
+(pure pacing and retry arithmetic), :mod:`phone_bridge.ble_errors` (the exceptions).
+
 Identity policy (the printer proves its identity by signing a fresh 32-byte nonce, docs/ble.md):
 
 ========================================  ==============  ==============  =========
@@ -44,18 +48,7 @@ A characteristic without write-without-response gets every chunk as a write requ
 write (with response) gets a GATT read as its barrier (ATT is ordered: the read's answer follows
 every command before it). Every GATT operation has a timeout.
 
-Exceptions::
-
-    PrintfleetError
-     +-- BleError                 (printer, address, reason, retryable)
-          +-- InvalidBackendSpec  (also a ValueError: a backend string that does not parse)
-          +-- BackendUnavailable  (the platform's Bluetooth stack or the HCI transport cannot start)
-          +-- PrinterNotFound     (retryable: no advertisement matched within the scan)
-          +-- ConnectFailed       (retryable: connect, discovery or the challenge's exchange failed)
-          +-- ImpostorError       (the printer has the identity service and its signature does not verify)
-          +-- IdentityRequired    (policy "required", and the printer cannot prove its identity)
-          +-- NoPrintChannel      (no writable print characteristic, or no way to confirm delivery)
-          +-- WriteFailed         (retryable: bytes_sent, bytes_confirmed, bytes_total)
+Exceptions: one root, :class:`BleError` (a ``PrintfleetError``), tree in :mod:`phone_bridge.ble_errors`.
 
 Lifecycle (:class:`ConnectionState`, transitions in :data:`TRANSITIONS`)::
 
@@ -71,26 +64,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import random
-import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, Final, Literal, Protocol, Self, TypeVar, get_args
+from typing import TYPE_CHECKING, Final, Literal, Self, TypeVar, get_args
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
+from bleak.backends.scanner import AdvertisementData
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakBluetoothNotAvailableError, BleakError, BleakGATTProtocolError
 
+from phone_bridge.ble_backend import Backend, BackendKind, BackendSpec, RadioLike, open_backend
+from phone_bridge.ble_errors import (
+    BackendUnavailable,
+    BleError,
+    ConnectFailed,
+    IdentityRequired,
+    ImpostorError,
+    InvalidBackendSpec,
+    NoPrintChannel,
+    PrinterNotFound,
+    WriteFailed,
+)
+from phone_bridge.ble_pacing import (
+    DEFAULT_BYTES_PER_S,
+    MAX_CHUNK,
+    Backoff,
+    Chunk,
+    Pacer,
+    Pacing,
+    WriteResult,
+    plan_chunks,
+)
 from phone_bridge.profiles import (
     IDENTITY_NONCE_UUID,
     IDENTITY_SERVICE_UUID,
@@ -106,18 +117,15 @@ from phone_bridge.profiles import (
     uuid16,
     verify_identity,
 )
-from printfleet.errors import PrintfleetError
 
 if TYPE_CHECKING:
     from bleak.backends.scanner import AdvertisementDataCallback
 
 log = logging.getLogger(__name__)
 
-#: GATT values are at most 512 bytes, whatever ``max_write_without_response_size`` says (BlueZ says 514).
-MAX_CHUNK: Final = 512
-#: The default pacing ceiling, bytes/s: what BLE printing apps achieve on BlueZ (about 4 kB/s), well
-#: below the 115 200-baud UART (11.5 kB/s) behind a typical printer's BLE module.
-DEFAULT_BYTES_PER_S: Final = 4000.0
+#: ``Pacing()`` and ``Backoff()``: the defaults of :class:`PrinterConnection`.
+DEFAULT_PACING: Final = Pacing()
+DEFAULT_BACKOFF: Final = Backoff()
 #: How long a scan by name waits, after a name-only match, for a device that also advertises a print service.
 NAME_ONLY_GRACE_S: Final = 1.0
 #: The profile name reported when the fallback rule chose the print channel.
@@ -129,92 +137,6 @@ _GAP_DEVICE_NAME: Final = uuid16(0x2A00)
 _TRANSPORT_ERRORS: Final = (BleakError, TimeoutError, OSError, EOFError)
 
 _T = TypeVar("_T")
-
-# -- errors ----------------------------------------------------------------------------------------
-
-
-class BleError(PrintfleetError):
-    """Root of the BLE side's errors: which printer (printfleet name), its address, why, retryable."""
-
-    default_retryable: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        printer: str | None = None,
-        address: str | None = None,
-        retryable: bool | None = None,
-    ) -> None:
-        where = " ".join(part for part in (printer, f"({address})" if address else None) if part)
-        super().__init__(
-            f"printer {where}: {reason}" if where else reason,
-            retryable=self.default_retryable if retryable is None else retryable,
-        )
-        self.reason = reason
-        self.printer = printer
-        self.address = address
-
-
-class InvalidBackendSpec(BleError, ValueError):
-    """A backend string that is neither ``bleak`` nor ``bumble:<HCI transport spec>``."""
-
-
-class BackendUnavailable(BleError):
-    """The platform's Bluetooth stack (or the bumble HCI transport) could not be used."""
-
-
-class PrinterNotFound(BleError):
-    """No advertisement matched the target within the scan."""
-
-    default_retryable = True
-
-
-class ConnectFailed(BleError):
-    """Connecting, service discovery or the identity exchange failed on the way (the link, not the
-    printer's answer)."""
-
-    default_retryable = True
-
-
-class ImpostorError(BleError):
-    """The printer has the identity service, and its answer to the nonce does not verify."""
-
-
-class IdentityRequired(BleError):
-    """The policy is ``required`` and the printer cannot prove its identity (no service, or no key known)."""
-
-
-class NoPrintChannel(BleError):
-    """The printer has no writable print characteristic (or no way to confirm delivery on it)."""
-
-
-class WriteFailed(BleError):
-    """A write did not complete; ``bytes_confirmed`` bytes were acknowledged by a barrier."""
-
-    default_retryable = True
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        bytes_sent: int,
-        bytes_confirmed: int,
-        bytes_total: int,
-        printer: str | None = None,
-        address: str | None = None,
-    ) -> None:
-        super().__init__(
-            f"{reason} (sent {bytes_sent}, confirmed {bytes_confirmed} of {bytes_total} bytes)",
-            printer=printer,
-            address=address,
-        )
-        self.bytes_sent = bytes_sent
-        """Bytes handed to the Bluetooth stack without error (not all of them reached the printer)."""
-        self.bytes_confirmed = bytes_confirmed
-        """Bytes up to the last acknowledged barrier: the printer has these."""
-        self.bytes_total = bytes_total
-
 
 # -- values ----------------------------------------------------------------------------------------
 
@@ -261,249 +183,6 @@ class PrinterTarget:
             raise ValueError(f"identity must be one of {', '.join(sorted(_POLICIES))}, got {self.identity!r}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class Pacing:
-    """How fast :meth:`PrinterConnection.write` sends.
-
-    ``bytes_per_s``: the sustained ceiling (chunk *k* starts no earlier than the bytes before it
-    divided by this rate after the first; a late chunk earns no credit); ``None``: no ceiling.
-    ``barrier_every``: a write with response every this many chunks (and always the last one);
-    ``None``: only the last. ``gap_s``: at least this long between the end of one chunk and the next.
-    """
-
-    bytes_per_s: float | None = DEFAULT_BYTES_PER_S
-    barrier_every: int | None = 4
-    gap_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.bytes_per_s is not None and not (self.bytes_per_s > 0 and math.isfinite(self.bytes_per_s)):
-            raise ValueError("bytes_per_s must be a positive number (or None: no ceiling)")
-        if self.barrier_every is not None and self.barrier_every < 1:
-            raise ValueError("barrier_every must be at least 1 (or None: only the last chunk)")
-        if not (self.gap_s >= 0 and math.isfinite(self.gap_s)):
-            raise ValueError("gap_s must not be negative")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Backoff:
-    """Delay before retry *n* (1-based): ``min(max_s, initial_s * factor**(n-1))``, of which the
-    fraction ``jitter`` is drawn at random (so bridges retrying together spread out)."""
-
-    initial_s: float = 0.5
-    factor: float = 2.0
-    max_s: float = 8.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.initial_s <= self.max_s:
-            raise ValueError("need 0 <= initial_s <= max_s")
-        if self.factor < 1:
-            raise ValueError("factor must be at least 1")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("jitter must be within 0..1")
-
-    def delay(self, retry: int, rng: random.Random | None = None) -> float:
-        base = min(self.max_s, self.initial_s * self.factor ** max(0, retry - 1))
-        return base * (1 - self.jitter * (rng or random).random())
-
-
-@dataclass(frozen=True, kw_only=True)
-class WriteResult:
-    """A completed :meth:`PrinterConnection.write`: every byte acknowledged."""
-
-    bytes_written: int
-    chunks: int
-    barriers: int
-    elapsed_s: float
-
-    @property
-    def bytes_per_s(self) -> float:
-        return self.bytes_written / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One write of a job: ``data[start:end]``; ``barrier``: confirmed before the next one goes."""
-
-    start: int
-    end: int
-    barrier: bool
-
-
-def plan_chunks(size: int, chunk_size: int, barrier_every: int | None) -> list[Chunk]:
-    """Split a job of ``size`` bytes: a barrier every ``barrier_every`` chunks and on the last."""
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
-    starts = range(0, size, chunk_size)
-    last = len(starts)
-    return [
-        Chunk(
-            start,
-            min(start + chunk_size, size),
-            n == last or (barrier_every is not None and n % barrier_every == 0),
-        )
-        for n, start in enumerate(starts, 1)
-    ]
-
-
-class Pacer:
-    """The pacing schedule as a pure state machine (times in seconds of any monotonic clock)."""
-
-    def __init__(self, pacing: Pacing) -> None:
-        self._pacing = pacing
-        self._ready_at: float | None = None
-        self._last_end: float | None = None
-
-    def delay(self, now: float) -> float:
-        """How long to wait before the next chunk may start."""
-        waits = [0.0]
-        if self._ready_at is not None:
-            waits.append(self._ready_at - now)
-        if self._last_end is not None and self._pacing.gap_s:
-            waits.append(self._last_end + self._pacing.gap_s - now)
-        return max(waits)
-
-    def sent(self, nbytes: int, *, started: float, ended: float) -> None:
-        rate = self._pacing.bytes_per_s
-        if rate is not None:
-            base = started if self._ready_at is None else max(self._ready_at, started)
-            self._ready_at = base + nbytes / rate
-        self._last_end = ended
-
-
-# -- backends --------------------------------------------------------------------------------------
-
-
-class BackendKind(StrEnum):
-    BLEAK = "bleak"  # bleak's platform backend: BlueZ, CoreBluetooth, WinRT, Android
-    BUMBLE = "bumble"  # bumble's host stack over an HCI transport (a virtual radio, a USB dongle)
-
-
-#: bumble HCI transport schemes: those needing an argument, and those where it is optional.
-_BUMBLE_SCHEMES_WITH_ARG: Final = frozenset(
-    {"serial", "udp", "tcp-client", "tcp-server", "ws-client", "ws-server", "file", "usb", "pyusb"}
-    | {"unix", "unix-client", "unix-server"}
-)
-_BUMBLE_SCHEMES_OPTIONAL_ARG: Final = frozenset(
-    {"pty", "vhci", "hci-socket", "android-emulator", "android-netsim"}
-)
-_HOST_PORT: Final = re.compile(r"^(?:\[[^\]]+\]|[^:\s]*):(\d{1,5})$")
-_EXPECTED: Final = "expected 'bleak' or 'bumble:<HCI transport>', e.g. 'bumble:tcp-client:127.0.0.1:7000'"
-
-
-@dataclass(frozen=True, kw_only=True)
-class BackendSpec:
-    """Which Bluetooth stack the bridge uses: ``bleak`` (the platform's) or ``bumble:<transport>``."""
-
-    kind: BackendKind = BackendKind.BLEAK
-    transport: str | None = None
-    """The bumble HCI transport spec (``tcp-client:HOST:PORT``, ``usb:0``, ``serial:/dev/ttyUSB0``...)."""
-
-    def __post_init__(self) -> None:
-        match self.kind:
-            case BackendKind.BLEAK if self.transport is not None:
-                raise InvalidBackendSpec("the bleak backend takes no transport")
-            case BackendKind.BUMBLE:
-                _check_bumble_transport(self.transport or "", str(self))
-
-    @classmethod
-    def parse(cls, text: str) -> BackendSpec:
-        """``"bleak"`` or ``"bumble:<HCI transport spec>"``; else :class:`InvalidBackendSpec`."""
-        kind, sep, rest = text.partition(":")
-        match kind, sep:
-            case "bleak", "":
-                return cls()
-            case "bumble", ":":
-                return cls(kind=BackendKind.BUMBLE, transport=rest)
-            case "bumble", "":
-                raise InvalidBackendSpec(f"BLE backend {text!r} names no HCI transport; {_EXPECTED}")
-            case "bleak", ":":
-                raise InvalidBackendSpec(f"BLE backend {text!r}: bleak takes no argument; {_EXPECTED}")
-        raise InvalidBackendSpec(f"unknown BLE backend {text!r}; {_EXPECTED}")
-
-    def __str__(self) -> str:
-        return "bleak" if self.kind is BackendKind.BLEAK else f"bumble:{self.transport}"
-
-
-def _check_bumble_transport(transport: str, text: str) -> None:
-    spec = re.sub(r"^\[[^\]]*\]", "", transport)  # bumble's optional "[key=value,...]" metadata prefix
-    scheme, _, arg = spec.partition(":")
-    if scheme in _BUMBLE_SCHEMES_WITH_ARG:
-        if not arg:
-            raise InvalidBackendSpec(f"BLE backend {text!r}: the {scheme} transport needs an argument")
-    elif scheme not in _BUMBLE_SCHEMES_OPTIONAL_ARG:
-        known = ", ".join(sorted(_BUMBLE_SCHEMES_WITH_ARG | _BUMBLE_SCHEMES_OPTIONAL_ARG))
-        raise InvalidBackendSpec(
-            f"BLE backend {text!r}: unknown bumble transport {scheme or '(none)'!r}; known: {known}"
-        )
-    if scheme in ("tcp-client", "tcp-server", "ws-client", "ws-server"):
-        port = _HOST_PORT.match(arg)
-        if port is None or not 0 < int(port.group(1)) <= 65535:
-            raise InvalidBackendSpec(f"BLE backend {text!r}: {scheme} needs HOST:PORT with a port 1..65535")
-
-
-class RadioLike(Protocol):
-    """An open radio handing bleak its backend classes (:class:`~phone_bridge.bleak_bumble.BumbleRadio`)."""
-
-    @property
-    def scanner_backend(self) -> type[BaseBleakScanner]: ...
-    @property
-    def client_backend(self) -> type[BaseBleakClient]: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class Backend:
-    """What :class:`PrinterConnection` passes to bleak as ``backend=`` (``None``: the platform's)."""
-
-    description: str
-    scanner_backend: type[BaseBleakScanner] | None = None
-    client_backend: type[BaseBleakClient] | None = None
-
-
-@contextlib.asynccontextmanager
-async def open_backend(
-    spec: str | BackendSpec | RadioLike, *, open_timeout: float = 10.0
-) -> AsyncIterator[Backend]:
-    """Open the Bluetooth stack named by ``spec`` (a string for :meth:`BackendSpec.parse`, a parsed
-    spec, or an already open radio, which stays open) for as long as the context lasts.
-
-    A bumble transport must open and its controller answer within ``open_timeout`` seconds, else
-    :class:`BackendUnavailable`. bleak's platform backend starts on the first scan: a missing
-    Bluetooth stack shows there, as :class:`BackendUnavailable` from :class:`PrinterConnection`.
-    """
-    if isinstance(spec, str):
-        spec = BackendSpec.parse(spec)
-    if not isinstance(spec, BackendSpec):
-        yield Backend(
-            description=type(spec).__name__,
-            scanner_backend=spec.scanner_backend,
-            client_backend=spec.client_backend,
-        )
-        return
-    if spec.kind is BackendKind.BLEAK:
-        yield Backend(description=str(spec))
-        return
-    try:
-        from phone_bridge.bleak_bumble import BumbleRadio  # needs bumble, a test/extra dependency
-    except ImportError as exc:
-        raise BackendUnavailable(f"{spec}: bumble is not installed ({exc})") from exc
-    assert spec.transport is not None
-    radio = BumbleRadio(spec.transport)
-    try:
-        async with asyncio.timeout(open_timeout):
-            await radio.__aenter__()
-    except TimeoutError as exc:
-        raise BackendUnavailable(f"{spec}: the HCI transport did not open within {open_timeout:g} s") from exc
-    except (*_TRANSPORT_ERRORS, ValueError) as exc:
-        raise BackendUnavailable(f"{spec}: cannot open the HCI transport: {exc}") from exc
-    try:
-        yield Backend(
-            description=str(spec), scanner_backend=radio.scanner_backend, client_backend=radio.client_backend
-        )
-    finally:
-        await radio.__aexit__(None, None, None)
-
-
 # -- the connection --------------------------------------------------------------------------------
 
 
@@ -547,7 +226,6 @@ class _Link:
     commands: bool
     barrier: _Barrier
     read_char: BleakGATTCharacteristic | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 RetryCallback = Callable[[int, BleError, float], None]
@@ -569,10 +247,10 @@ class PrinterConnection:
         *,
         connect_timeout: float = 20.0,
         attempts: int = 4,
-        pacing: Pacing = Pacing(),
+        pacing: Pacing = DEFAULT_PACING,
         scan_timeout: float = 10.0,
         gatt_timeout: float = 10.0,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         on_retry: RetryCallback | None = None,
     ) -> None:
         if attempts < 1:
@@ -607,10 +285,10 @@ class PrinterConnection:
         *,
         connect_timeout: float = 20.0,
         attempts: int = 4,
-        pacing: Pacing = Pacing(),
+        pacing: Pacing = DEFAULT_PACING,
         scan_timeout: float = 10.0,
         gatt_timeout: float = 10.0,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         on_retry: RetryCallback | None = None,
     ) -> AbstractAsyncContextManager[PrinterConnection]:
         """The connection as an async context manager: connected on entry, disconnected on exit."""
@@ -1058,9 +736,12 @@ def _readable(
 
 
 __all__ = [
+    "DEFAULT_BACKOFF",
     "DEFAULT_BYTES_PER_S",
+    "DEFAULT_PACING",
     "FALLBACK_PROFILE",
     "MAX_CHUNK",
+    "NAME_ONLY_GRACE_S",
     "TRANSITIONS",
     "Backend",
     "BackendKind",
