@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from device_agent.config import AgentConfig, AgentError
 from device_agent.journal import Journal, JournalJob
 from device_agent.maintenance import CommandRejected, Executor, HostCommands, LogBuffer
+from device_agent.update import updater_for
 from device_agent.worker import PortFactory, PrinterWorker
 from printfleet import __version__, tls, wire
 
@@ -41,8 +42,12 @@ class AgentState(StrEnum):
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, port_factory: PortFactory | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, *, port_factory: PortFactory | None = None, version: str = __version__
+    ) -> None:
         self.config = config
+        #: The version this agent announces: the running code's (a harness may name the one it simulates).
+        self.version = version
         self.peer = config.peer
         self.state = AgentState.NEW
         self.journal = Journal(config.journal_path)
@@ -75,6 +80,7 @@ class Agent:
             agent=self,
             logs=self.logs,
             host=HostCommands(reboot=config.reboot_command, shutdown=config.shutdown_command),
+            updates=updater_for(config.state_dir, config.controller_http),
         )
         self.restart_requested = False
         self._restart = asyncio.Event()
@@ -274,7 +280,7 @@ class Agent:
         birth = wire.Birth(
             session=self._session,
             boot_id=self.boot_id,
-            version=__version__,
+            version=self.version,
             started_at=self.local_ms(),
             printers=tuple(p.name for p in self._printers),
             keepalive=self.config.keepalive,

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from device_agent.journal import Journal
-from printfleet import __version__, wire
+from device_agent.update import UpdateFailed, Updater, UpdateRefused
+from printfleet import wire
 
 log = logging.getLogger(__name__)
 C = wire.CommandState
@@ -42,6 +43,8 @@ class AgentHooks(Protocol):
     """What the command executor needs from the agent."""
 
     boot_id: str
+    #: The printfleet version this agent runs (what its birth announces).
+    version: str
 
     @property
     def session(self) -> int: ...
@@ -98,6 +101,8 @@ class Executor:
     agent: AgentHooks
     logs: LogBuffer
     host: HostCommands = field(default_factory=HostCommands)
+    #: Runs `update` (none: the action is refused).
+    updates: Updater | None = None
     _queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -131,6 +136,8 @@ class Executor:
         """At start: commands cut short by the stop fail, except a restart we asked for (settled
         once connected, with the new session number); delivered ones run now."""
         for rec in await self.journal.commands_in([C.IN_PROGRESS]):
+            if rec["action"] == "update":
+                continue  # settled once connected: the new version confirms, or it was rolled back
             if rec["action"] not in RESTARTS or rec["boot_id"] == self.agent.boot_id:
                 await self._report(rec["command_id"], C.FAILED, "the agent stopped while running it")
         for rec in await self.journal.commands_in([C.DELIVERED]):
@@ -139,6 +146,8 @@ class Executor:
     async def settle_restarts(self) -> None:
         """Once connected again: a restart that happened is confirmed by a new boot id and session."""
         for rec in await self.journal.commands_in([C.IN_PROGRESS]):
+            if rec["action"] == "update" and rec["boot_id"] != self.agent.boot_id:
+                await self._settle_update(rec["command_id"])
             if rec["action"] in RESTARTS and rec["boot_id"] != self.agent.boot_id:
                 result = {
                     "boot_id": self.agent.boot_id,
@@ -172,9 +181,13 @@ class Executor:
         command_id, action, args = rec["command_id"], rec["action"], rec["args"]
         await self._report(command_id, C.IN_PROGRESS, None, boot_id=self.agent.boot_id)
         try:
-            result = await asyncio.wait_for(self._dispatch(action, args), timeout=rec["timeout_s"])
-        except CommandRejected as exc:
+            result = await asyncio.wait_for(
+                self._dispatch(action, args, command_id), timeout=rec["timeout_s"]
+            )
+        except (CommandRejected, UpdateRefused) as exc:
             await self._report(command_id, C.REJECTED, str(exc))
+        except UpdateFailed as exc:
+            await self._report(command_id, C.FAILED, str(exc)[:500])
         except TimeoutError:
             await self._report(command_id, C.TIMED_OUT, f"did not finish within {rec['timeout_s']} s")
         except asyncio.CancelledError:
@@ -187,7 +200,7 @@ class Executor:
                 return  # completed after the restart (resume_after_restart)
             await self._report(command_id, C.SUCCEEDED, None, result)
 
-    async def _dispatch(self, action: str, args: dict[str, Any]) -> Any:
+    async def _dispatch(self, action: str, args: dict[str, Any], command_id: str) -> Any:
         match action:
             case "ping":
                 return {"pong": True, "agent_time": self.agent.local_ms(), "ctl_time": self.agent.ctl_now()}
@@ -244,14 +257,25 @@ class Executor:
                 await asyncio.Event().wait()  # the host goes down; confirmed by the next boot
                 return _PENDING_RESTART
             case "update":
-                raise CommandRejected("update is not available on this agent version yet")
+                if self.updates is None:
+                    raise CommandRejected("updates are not set up on this agent")
+                result = await self.updates.start(
+                    args,
+                    command_id=command_id,
+                    running_version=self.agent.version,
+                    now_ms=self.agent.local_ms(),
+                )
+                if result is not None:  # that version already runs: nothing to restart for
+                    return result
+                self.agent.request_restart()
+                return _PENDING_RESTART  # settled after the restart (settle_restarts)
             case _:
                 raise CommandRejected(f"unknown action {action!r}")
 
     def _status(self) -> dict[str, Any]:
         disk = shutil.disk_usage(self.journal.path.parent)
         return {
-            "agent_version": __version__,
+            "agent_version": self.agent.version,
             "boot_id": self.agent.boot_id,
             "host_boot_id": _host_boot_id(),
             "session": self.agent.session,
@@ -282,6 +306,16 @@ class Executor:
                 await self.agent.apply_setting(key, previous[key])
             raise CommandRejected(f"invalid value: {exc}") from exc
         return {"applied": applied, "previous": previous}
+
+    async def _settle_update(self, command_id: str) -> None:
+        if self.updates is None:
+            await self._report(command_id, C.FAILED, "the agent stopped while running it")
+            return
+        settled = await self.updates.settle(
+            command_id, running_version=self.agent.version, now_ms=self.agent.local_ms()
+        )
+        if settled is not None:
+            await self._report(command_id, settled.state, settled.detail, settled.result)
 
     # -- reporting -------------------------------------------------------------------------
 

@@ -539,12 +539,15 @@ def agent_run(
     config: Annotated[Path, typer.Option("--config", help="The agent.toml written by `devices add`.")],
 ) -> None:
     """Run the device agent (graceful stop on SIGINT/SIGTERM)."""
+    from device_agent import launcher
     from device_agent.agent import Agent
     from device_agent.config import load_config
 
     _setup_logging(logging.INFO)
     try:
         cfg = load_config(config)
+        if launcher.should_supervise(cfg):  # an update was installed: run the chosen version, judge trials
+            raise typer.Exit(asyncio.run(launcher.supervise(cfg, config)))
         agent = Agent(cfg)
         asyncio.run(_run_until_signal(agent.run()))
     except PrintfleetError as exc:
@@ -552,6 +555,8 @@ def agent_run(
     if agent.restart_requested:  # `printfleet cmd restart-agent`: come back as a new process
         sys.stdout.flush()
         sys.stderr.flush()
+        if launcher.supervised_child():  # the launcher starts the chosen version again
+            raise typer.Exit(launcher.RESTART_EXIT)
         os.execv(
             sys.executable, [sys.executable, "-m", "printfleet", "agent", "run", "--config", str(config)]
         )
