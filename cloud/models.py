@@ -234,3 +234,30 @@ class CommandEvent(Base):
     source: Mapped[str] = mapped_column(String(80))
 
     command: Mapped[Command] = relationship(back_populates="events")
+
+
+class Rollout(Base):
+    """A phased fleet-wide command (an update): devices are started at a rate, and the rollout stops
+    by itself once failures pass a threshold. Its commands carry its id (``Command.rollout_id``)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    action: Mapped[str] = mapped_column(String(32))
+    args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    target: Mapped[str] = mapped_column(String(80))
+    #: The devices in the order they are started.
+    devices: Mapped[list[str]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    rate_per_min: Mapped[float] = mapped_column()
+    abort_above_pct: Mapped[float] = mapped_column()
+    #: Failures that happened before the last resume (they do not count against the threshold again).
+    failure_base: Mapped[int] = mapped_column(Integer, default=0)
+    requested_by: Mapped[str] = mapped_column(String(80))
+    expires_s: Mapped[float] = mapped_column()
+    timeout_s: Mapped[float] = mapped_column()
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    next_start_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
