@@ -181,17 +181,22 @@ def up(
 
 @app.command("demo")
 def demo_cmd(
-    degraded: Annotated[bool, typer.Option(help="Show the BLE fallback path (not available yet).")] = False,
+    degraded: Annotated[
+        bool,
+        typer.Option(
+            help="Show the degraded path instead: the host goes offline and a phone bridge prints the"
+            " receipt over Bluetooth LE (a virtual BLE printer on a simulated radio)."
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 60.0,
 ) -> None:
     """Print a sample receipt through the whole real path and show it; exit 0 only if it printed."""
-    from cloud.runner import run_demo
+    from cloud.runner import run_degraded_demo, run_demo
 
     _setup_logging(logging.WARNING)
-    if degraded:
-        fail("the BLE fallback path is not built yet")
+    run = run_degraded_demo if degraded else run_demo
     try:
-        ok = asyncio.run(run_demo(console=out, timeout=timeout))
+        ok = asyncio.run(run(console=out, timeout=timeout))
     except PrintfleetError as exc:
         fail(str(exc))
     raise typer.Exit(0 if ok else 1)
