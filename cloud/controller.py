@@ -35,6 +35,22 @@ log = logging.getLogger(__name__)
 S = wire.JobState
 
 
+#: Messages acted on ahead of job and command reports: presence, heartbeats (whose round trip
+#: decides whether a path is degraded: it must not include the controller's report backlog) and
+#: the claims an executor waits on before printing.
+FAST_LANE = frozenset(
+    {
+        wire.MsgType.BIRTH,
+        wire.MsgType.WILL,
+        wire.MsgType.HEARTBEAT,
+        wire.MsgType.HEARTBEAT_ECHO,
+        wire.MsgType.JOB_CLAIM,
+        wire.MsgType.BRIDGE_READY,
+        wire.MsgType.BRIDGE_FAILED,
+    }
+)
+
+
 class LinkState(StrEnum):
     DISCONNECTED = "disconnected"
     CONNECTED = "connected"
@@ -94,6 +110,10 @@ class Controller:
             ),
         )
         self._refusals: asyncio.Queue[Refusal] = asyncio.Queue(maxsize=10_000)
+        # Inbound messages, in two lanes so that a flood of job reports never delays presence,
+        # round-trip measurement or a claim (a full lane pushes back on the broker connection).
+        self._fast: asyncio.Queue[tuple[wire.Peer, wire.Envelope]] = asyncio.Queue(maxsize=10_000)
+        self._slow: asyncio.Queue[tuple[wire.Peer, wire.Envelope]] = asyncio.Queue(maxsize=10_000)
         self.refusals_dropped = 0
         self.last_error: str | None = None
 
@@ -111,6 +131,8 @@ class Controller:
                 tg.create_task(self._presence_loop(), name="controller-presence")
                 tg.create_task(self._housekeeping_loop(), name="controller-housekeeping")
                 tg.create_task(self._refusal_loop(), name="controller-broker-refusals")
+                tg.create_task(self._lane(self._fast), name="controller-inbound-fast")
+                tg.create_task(self._lane(self._slow), name="controller-inbound")
         finally:
             self.state = LinkState.STOPPED
 
@@ -151,7 +173,10 @@ class Controller:
                     backoff = 0.2
                     log.info("controller connected to broker %s:%d", self._host, self._port)
                     async for message in client.messages:
-                        await self._handle(message)
+                        accepted = await self._accept(message)
+                        if accepted is not None:
+                            lane = self._fast if accepted[1].type in FAST_LANE else self._slow
+                            await lane.put(accepted)
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc)
                 log.warning("controller lost the broker (%s); reconnecting in %.1f s", exc, backoff)
@@ -213,33 +238,40 @@ class Controller:
 
     # -- inbound ------------------------------------------------------------------------------
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
+    async def _accept(self, message: aiomqtt.Message) -> tuple[wire.Peer, wire.Envelope] | None:
+        """Check where a message came from and that it may say what it says; None if not."""
         topic = str(message.topic)
         payload = message.payload
         if not isinstance(payload, bytes | bytearray):
-            return
+            return None
         try:
             peer, channel = wire.parse_topic(topic)
             env = wire.decode(payload)
         except wire.WireError as exc:
             await self.security(f"topic:{topic}", "message.invalid", topic, str(exc))
-            return
+            return None
         if env.src != peer.client_id:
             await self.security(
                 peer.client_id, "message.spoofed", env.src, f"on {topic} claiming src {env.src}"
             )
-            return
+            return None
         upstream = wire.BRIDGE_UPSTREAM_TYPES if peer.role is wire.Role.BRIDGE else wire.UPSTREAM_TYPES
         allowed = wire.PRESENCE_TYPES if channel is wire.Channel.PRESENCE else upstream
         if env.type not in allowed or channel is wire.Channel.DOWN:
             log.warning("dropped a %s message on %s", env.type, topic)
-            return
+            return None
         if peer.role not in (wire.Role.DEVICE, wire.Role.BRIDGE):
-            return
-        try:
-            await self._dispatch(peer, env)
-        except wire.WireError as exc:
-            log.warning("dropped %s from %s: %s", env.type, peer, exc)
+            return None
+        return peer, env
+
+    async def _lane(self, queue: asyncio.Queue[tuple[wire.Peer, wire.Envelope]]) -> None:
+        """Act on accepted messages in arrival order (one lane; see :data:`FAST_LANE`)."""
+        while True:
+            peer, env = await queue.get()
+            try:
+                await self._dispatch(peer, env)
+            except wire.WireError as exc:
+                log.warning("dropped %s from %s: %s", env.type, peer, exc)
 
     async def _dispatch(self, peer: wire.Peer, env: wire.Envelope) -> None:
         name = peer.name

@@ -38,6 +38,10 @@ S = wire.JobState
 _TERMINAL = [st.value for st in wire.TERMINAL_JOB_STATES]
 
 
+#: A bridge still online but silent this long past its lease is treated as gone.
+BRIDGE_SILENCE_MS = 300_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class Claim:
     granted: bool
@@ -410,7 +414,7 @@ class Router:
                 await self.release(
                     job.id, job.offer_id or "", f"bridge {bridge} did not connect in time", now
                 )
-            elif bridge not in online:
+            elif bridge not in online or (job.lease_until or 0) < now - BRIDGE_SILENCE_MS:
                 await self._jobs.transition(
                     job.id,
                     S.UNKNOWN,

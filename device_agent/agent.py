@@ -470,37 +470,45 @@ class Agent:
     async def claim(self, job: JournalJob) -> bool:
         """Ask the controller for the right to start writing ``job``; True only when granted.
 
-        Waits (re-asking every few seconds) while the controller cannot be reached: no byte goes
-        to the printer without a grant. A refusal releases the job in the journal for good
-        (another executor holds it), unless the controller sends it here again.
+        Waits while the controller cannot be reached, asking again with backoff (a late grant
+        still counts: the same answer is awaited across the repeats): no byte goes to the printer
+        without a grant. A grant whose lease ran out on the way is asked for again (the job is
+        still this agent's). A refusal releases the job in the journal for good (another executor
+        holds it), unless the controller sends it here again.
         """
         while True:
-            await self.online.wait()
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[wire.JobGrant] = loop.create_future()
-            self._claims[job.job_id] = waiter
-            try:
-                sent = await self._publish(
-                    wire.Channel.UP,
-                    wire.JobClaim(job_id=job.job_id, printer=job.printer, attempt=job.attempt),
-                )
-                if not sent:
+            grant = await self._ask_grant(job)
+            if not grant.granted:
+                break
+            if grant.lease_until is not None and self.ctl_now() < grant.lease_until:
+                return True
+            log.info("the grant for job %s arrived after its lease; asking again", job.job_id)
+        reason = grant.reason or "refused"
+        log.warning("job %s not printed here: %s", job.job_id, reason)
+        await self.journal.release(job.job_id, self.local_ms(), reason)
+        return False
+
+    async def _ask_grant(self, job: JournalJob) -> wire.JobGrant:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[wire.JobGrant] = loop.create_future()
+        self._claims[job.job_id] = waiter
+        wait_s = CLAIM_TIMEOUT_S
+        try:
+            while not waiter.done():
+                await self.online.wait()
+                body = wire.JobClaim(job_id=job.job_id, printer=job.printer, attempt=job.attempt)
+                if not await self._publish(wire.Channel.UP, body):
                     await asyncio.sleep(0.5)
                     continue
                 try:
-                    grant = await asyncio.wait_for(asyncio.shield(waiter), timeout=CLAIM_TIMEOUT_S)
+                    await asyncio.wait_for(asyncio.shield(waiter), timeout=wait_s)
                 except TimeoutError:
                     log.info("no answer to the claim of job %s yet; asking again", job.job_id)
-                    continue
-            finally:
-                if self._claims.get(job.job_id) is waiter:
-                    del self._claims[job.job_id]
-            if grant.granted and grant.lease_until is not None and self.ctl_now() < grant.lease_until:
-                return True
-            reason = grant.reason or "lease already over"
-            log.warning("job %s not printed here: %s", job.job_id, reason)
-            await self.journal.release(job.job_id, self.local_ms(), reason)
-            return False
+                    wait_s = min(wait_s * 2, 60.0)
+            return waiter.result()
+        finally:
+            if self._claims.get(job.job_id) is waiter:
+                del self._claims[job.job_id]
 
     # -- loops --------------------------------------------------------------------------------
 

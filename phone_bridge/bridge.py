@@ -263,23 +263,32 @@ class Bridge:
                     return await self._not_taken(offer, "the job handed over is not the one offered")
                 if job.expires_at is not None and self.ctl_now() > job.expires_at:
                     return await self._not_taken(offer, "stale: expired before printing")
-                if not await self._claim(job):
+                granted = await self._claim(job)
+                if granted is None:
+                    return await self._not_taken(offer, "no usable grant from the controller")
+                if not granted:
                     return Outcome(job_id=job_id, state="not-taken", detail="claim refused")
                 return await self._write(offer, job, payload, conn, identity)
         finally:
             self._handovers.pop(job_id, None)
 
-    async def _claim(self, job: wire.JobPrint) -> bool:
-        waiter: asyncio.Future[wire.JobGrant] = asyncio.get_running_loop().create_future()
-        self._grants[job.job_id] = waiter
-        try:
-            await self.send(wire.JobClaim(job_id=job.job_id, printer=job.printer, attempt=job.attempt))
-            grant = await asyncio.wait_for(waiter, ANSWER_TIMEOUT_S)
-        except TimeoutError:
-            return False
-        finally:
-            self._grants.pop(job.job_id, None)
-        return grant.granted and grant.lease_until is not None and self.ctl_now() < grant.lease_until
+    async def _claim(self, job: wire.JobPrint) -> bool | None:
+        """True: granted (start now); False: refused by the controller; None: no usable answer."""
+        for _ in range(3):
+            waiter: asyncio.Future[wire.JobGrant] = asyncio.get_running_loop().create_future()
+            self._grants[job.job_id] = waiter
+            try:
+                await self.send(wire.JobClaim(job_id=job.job_id, printer=job.printer, attempt=job.attempt))
+                grant = await asyncio.wait_for(waiter, ANSWER_TIMEOUT_S)
+            except TimeoutError:
+                continue
+            finally:
+                self._grants.pop(job.job_id, None)
+            if not grant.granted:
+                return False
+            if grant.lease_until is not None and self.ctl_now() < grant.lease_until:
+                return True
+        return None
 
     async def _write(
         self,
