@@ -445,16 +445,15 @@ class PrinterConnection:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await client.connect()
-        except _TRANSPORT_ERRORS as exc:
+            link = await self._set_up(client, device)
+        except _TRANSPORT_ERRORS as exc:  # from connect(); _set_up maps its own
             await self._disconnect(client)
             raise ConnectFailed(
                 f"connect failed: {exc or type(exc).__name__}",
                 printer=self.target.name,
                 address=device.address,
             ) from exc
-        try:
-            link = await self._set_up(client, device)
-        except BaseException:
+        except BaseException:  # a BleError of _set_up, or cancelled (the caller's deadline): hang up
             await self._disconnect(client)
             raise
         if not client.is_connected:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -23,6 +24,7 @@ from typing import cast
 
 import pytest
 from bleak import BleakClient, BleakScanner
+from bleak.backends.characteristic import BleakGATTCharacteristic
 from bumble.link import LocalLink
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -55,7 +57,7 @@ from phone_bridge.ble import (
     plan_chunks,
 )
 from phone_bridge.bleak_bumble import BumbleRadio
-from phone_bridge.profiles import PROFILES, GattProfile, resolve_profile
+from phone_bridge.profiles import IDENTITY_NONCE_UUID, PROFILES, GattProfile, resolve_profile
 from phone_bridge.virtual_printer import (
     Impostor,
     VirtualPrinter,
@@ -428,6 +430,28 @@ async def test_connect_retries_after_failed_connects() -> None:
             await conn.write(b"\x1b@third time\n\x1dV\x00")
             [printed] = await printer.wait_for_receipts(1)
             assert printed.text == "third time"
+
+
+async def test_a_deadline_during_the_challenge_hangs_up() -> None:
+    """The caller's deadline (the bridge's offer lapsing) cancels the open: the printer is let go."""
+    config = keyed()
+    async with bench(config) as (_, backend, [printer]):
+        assert backend.client_backend is not None
+
+        class StallingChallenge(backend.client_backend):  # type: ignore[misc,name-defined]
+            async def write_gatt_char(
+                self, char: BleakGATTCharacteristic, data: bytes, response: bool
+            ) -> None:
+                if char.uuid == IDENTITY_NONCE_UUID:
+                    await asyncio.Event().wait()  # the nonce write is never answered
+                await super().write_gatt_char(char, data, response)
+
+        stalling = dataclasses.replace(backend, client_backend=StallingChallenge)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5), PrinterConnection.open(target(config), stalling):
+                pytest.fail("connected")
+        assert printer.connections == 1
+        await printer.wait_until(lambda p: not p.connected)
 
 
 async def test_gives_up_after_the_attempts() -> None:
