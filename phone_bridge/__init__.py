@@ -18,7 +18,7 @@ Public API so far (the BLE test backend spike; see docs/ble.md):
   :class:`PrinterNotFound`, :class:`ConnectFailed`, :class:`ImpostorError`,
   :class:`IdentityRequired`, :class:`NoPrintChannel`, :class:`WriteFailed`.
 
-``bleak_bumble`` and ``virtual_printer`` need ``bumble`` (a test dependency) and are imported on
+``bleak_bumble`` and ``virtual_printer`` need ``bumble`` (a heavier import) and are imported on
 first use (so does ``open_backend("bumble:...")``).
 """
 

@@ -137,7 +137,7 @@ async def open_backend(
         yield Backend(description=str(spec))
         return
     try:
-        from phone_bridge.bleak_bumble import BumbleRadio  # needs bumble, a test/extra dependency
+        from phone_bridge.bleak_bumble import BumbleRadio  # imported only when a bumble stack is asked for
     except ImportError as exc:
         raise BackendUnavailable(f"{spec}: bumble is not installed ({exc})") from exc
     assert spec.transport is not None
