@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud.api_maintenance import MaintenanceApi, add_maintenance_routes
 from cloud.audit import Audit, audit_view
 from cloud.bridges import Bridges, PrinterBle, bridge_view
 from cloud.commands import CommandStore, command_view
@@ -44,6 +45,8 @@ class ApiContext:
     commands: CommandStore
     bridges: Bridges | None = None
     bridge_config: Callable[[str, str], dict[str, Any]] | None = None
+    #: Agent packages and rollouts (cloud/api_maintenance.py).
+    maintenance: MaintenanceApi | None = None
 
 
 class PrinterBody(BaseModel):
@@ -545,6 +548,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 f"command {command_id} is {cmd.state}: only a queued command can be cancelled", status=409
             )
         return command_view(cmd, events=True)
+
+    if ctx.maintenance is not None:
+        add_maintenance_routes(app, ctx.maintenance, need)
 
     # -- tokens and audit ---------------------------------------------------------------------
 

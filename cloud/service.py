@@ -18,6 +18,7 @@ import uvicorn
 from broker import EmbeddedBroker, ListenerSpec, Refusal
 from cloud import db
 from cloud.api import ApiContext, create_app
+from cloud.api_maintenance import MaintenanceApi, update_args
 from cloud.audit import Audit
 from cloud.bridges import Bridges
 from cloud.broker_sync import MosquittoSync
@@ -27,8 +28,10 @@ from cloud.controller import Controller
 from cloud.errors import ControllerError
 from cloud.jobs import JobFeed, JobStore
 from cloud.keys import Keyring
+from cloud.packages import PackageStore
 from cloud.presence import Presence
 from cloud.registry import DbCredentials, Registry
+from cloud.rollouts import Rollouts
 from printfleet import __version__, tls, wire
 
 log = logging.getLogger(__name__)
@@ -142,6 +145,14 @@ class ControllerService:
             )
             ctl_task = asyncio.create_task(self.controller.run(), name="controller")
             self._tasks.append(ctl_task)
+            self.packages = PackageStore(cfg.data_dir.root / "packages")
+            self.rollouts = Rollouts(
+                sessions,
+                self.commands,
+                command_args=update_args(self.packages),
+                wake_outbox=self.controller.wake_outbox,
+            )
+            self._tasks.append(asyncio.create_task(self.rollouts.run(), name="rollouts"))
 
             app = create_app(
                 ApiContext(
@@ -155,6 +166,13 @@ class ControllerService:
                     commands=self.commands,
                     bridges=Bridges(sessions),
                     bridge_config=self.bridge_config,
+                    maintenance=MaintenanceApi(
+                        packages=self.packages,
+                        rollouts=self.rollouts,
+                        commands=self.commands,
+                        wake_outbox=self.controller.wake_outbox,
+                        controller_http=lambda: self.endpoints.advertised_http if self.endpoints else None,
+                    ),
                 )
             )
             server = _Server(

@@ -26,8 +26,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from device_agent.versions import VersionError, VersionStore, read_wheel
+from device_agent.versions import VersionError, VersionStore
 from printfleet import wire
+from printfleet.wheel import WheelError, read_wheel
 
 log = logging.getLogger(__name__)
 C = wire.CommandState
@@ -122,7 +123,7 @@ class Updater:
             try:
                 try:
                     info = await asyncio.to_thread(read_wheel, wheel)
-                except VersionError as exc:
+                except WheelError as exc:
                     raise UpdateFailed(f"bad package: {exc}; nothing installed") from exc
                 if info.version == running_version:
                     return {"old_version": running_version, "new_version": info.version, "unchanged": True}

@@ -19,37 +19,28 @@ Blocking file I/O: call these methods with ``asyncio.to_thread`` from async code
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import csv
 import fcntl
-import hashlib
-import io
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from printfleet.errors import PrintfleetError
+from printfleet.wheel import WheelError, read_wheel
 
 log = logging.getLogger(__name__)
 
-DISTRIBUTION = "printfleet"
-#: Largest unpacked wheel (a guard against zip bombs) and most files in one.
-MAX_UNPACKED_BYTES = 256 * 1024 * 1024
-MAX_FILES = 20_000
 #: How many times the launcher starts a trial install before giving up on it.
 MAX_TRIAL_STARTS = 3
 #: Installs kept besides the current one and a trial (the newest first).
 KEEP_PREVIOUS = 2
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}$")
 STATE_FILE = "state.json"
 INSTALL_FILE = ".printfleet-install.json"
 
@@ -138,88 +129,6 @@ class _State:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class WheelInfo:
-    """What a printfleet wheel says about itself (checked before anything is unpacked)."""
-
-    version: str
-    files: dict[str, str]  # path inside the wheel -> where it goes in the install directory
-
-
-def read_wheel(path: Path) -> WheelInfo:
-    """Check a wheel: a pure-Python printfleet distribution whose files match its RECORD."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return _check_wheel(zf)
-    except (zipfile.BadZipFile, OSError, KeyError, UnicodeDecodeError, csv.Error) as exc:
-        raise VersionError(f"not a valid wheel: {exc}") from exc
-
-
-def _check_wheel(zf: zipfile.ZipFile) -> WheelInfo:
-    infos = [i for i in zf.infolist() if not i.is_dir()]
-    if len(infos) > MAX_FILES:
-        raise VersionError(f"the wheel holds {len(infos)} files (at most {MAX_FILES})")
-    if sum(i.file_size for i in infos) > MAX_UNPACKED_BYTES:
-        raise VersionError(f"the wheel unpacks to more than {MAX_UNPACKED_BYTES} bytes")
-    names = [i.filename for i in infos]
-    for name in names:
-        pure = PurePosixPath(name)
-        if name.startswith("/") or "\\" in name or ".." in pure.parts or ":" in pure.parts[0]:
-            raise VersionError(f"the wheel holds an unsafe path {name!r}")
-    dist_infos = {n.split("/", 1)[0] for n in names if n.split("/", 1)[0].endswith(".dist-info")}
-    if len(dist_infos) != 1:
-        raise VersionError(f"the wheel must hold exactly one .dist-info directory, not {len(dist_infos)}")
-    dist_info = dist_infos.pop()
-    dist_name, _, dist_version = dist_info.removesuffix(".dist-info").partition("-")
-    if dist_name.lower().replace("-", "_") != DISTRIBUTION:
-        raise VersionError(f"not a {DISTRIBUTION} wheel ({dist_info})")
-    meta = _headers(zf.read(f"{dist_info}/METADATA").decode())
-    version = meta.get("version", "")
-    if meta.get("name", "").lower() != DISTRIBUTION or version != dist_version:
-        raise VersionError(f"{dist_info}/METADATA names {meta.get('name')} {version}")
-    if not VERSION_RE.fullmatch(version):
-        raise VersionError(f"unusable version {version!r}")
-    wheel = _headers(zf.read(f"{dist_info}/WHEEL").decode())
-    if wheel.get("root-is-purelib", "").lower() != "true":
-        raise VersionError("only pure-Python wheels can be installed (Root-Is-Purelib: true)")
-    record: dict[str, str] = {}
-    for row in csv.reader(io.StringIO(zf.read(f"{dist_info}/RECORD").decode())):
-        if row and row[0]:
-            record[row[0]] = row[1] if len(row) > 1 else ""
-    files: dict[str, str] = {}
-    data_dir = f"{DISTRIBUTION}-{version}.data/"
-    for name in names:
-        if name == f"{dist_info}/RECORD" or name.startswith(f"{dist_info}/RECORD."):
-            continue
-        digest = record.get(name)
-        if not digest or not digest.startswith("sha256="):
-            raise VersionError(f"{name} is not in the wheel's RECORD with a sha256")
-        actual = base64.urlsafe_b64encode(hashlib.sha256(zf.read(name)).digest()).rstrip(b"=").decode()
-        if digest.removeprefix("sha256=") != actual:
-            raise VersionError(f"{name} does not match its RECORD hash")
-        target = name
-        if name.startswith(data_dir):
-            scheme, _, rest = name.removeprefix(data_dir).partition("/")
-            if scheme != "purelib":
-                raise VersionError(f"the wheel installs {scheme} files ({name}): not supported")
-            target = rest
-        files[name] = target
-    if "printfleet/__init__.py" not in files.values():
-        raise VersionError("the wheel has no printfleet/__init__.py")
-    return WheelInfo(version=version, files=files)
-
-
-def _headers(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            break  # the body (description) starts after the first blank line
-        key, sep, value = line.partition(":")
-        if sep and not key.startswith((" ", "\t")):
-            out.setdefault(key.strip().lower(), value.strip())
-    return out
-
-
 class VersionStore:
     """The agent's installs and the launcher's choice among them (see the module docstring)."""
 
@@ -258,7 +167,10 @@ class VersionStore:
         existing = self.find(sha256)
         if existing is not None:
             return existing
-        info = read_wheel(wheel)
+        try:
+            info = read_wheel(wheel)
+        except WheelError as exc:
+            raise VersionError(str(exc)) from exc
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{info.version}-{sha256[:12]}"
         tmp = self.root / f".unpack-{uuid.uuid4().hex[:8]}"

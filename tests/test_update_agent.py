@@ -15,7 +15,8 @@ import pytest
 
 from device_agent.launcher import Launcher
 from device_agent.update import UpdateFailed, Updater, UpdateRefused, trusted_url
-from device_agent.versions import VersionError, VersionStore, read_wheel
+from device_agent.versions import VersionError, VersionStore
+from printfleet.wheel import WheelError, read_wheel
 from tests.wheels import sha256_of, tiny_wheel, write_wheel
 
 CONTROLLER = "http://10.0.0.5:8080"
@@ -62,7 +63,7 @@ def _tampered(tmp_path: Path) -> Path:
 )
 def test_bad_wheels_are_refused(tmp_path: Path, make: object, reason: str) -> None:
     wheel = make(tmp_path)  # type: ignore[operator]
-    with pytest.raises(VersionError, match=reason):
+    with pytest.raises(WheelError, match=reason):
         read_wheel(wheel)
     store = VersionStore(tmp_path / "versions")
     with pytest.raises(VersionError, match=reason):
