@@ -92,6 +92,8 @@ class TagsIn(BaseModel):
 class EnrollIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     token: str = Field(min_length=8, max_length=128)
+    #: What the caller enrols; a token for the other kind is refused and stays unused.
+    kind: Literal["device", "bridge"] | None = None
 
 
 class BridgeIn(BaseModel):
@@ -245,7 +247,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.post("/v1/enroll")
     async def enroll(body: EnrollIn, request: Request) -> dict[str, Any]:
         """No bearer token: the one-time enrolment token is the credential."""
-        device, secret = await ctx.registry.redeem_enrollment(body.token)
+        device, secret = await ctx.registry.redeem_enrollment(body.token, body.kind)
         request.state.actor = f"enroll:{device}"
         await ctx.credentials_changed()
         if (await ctx.registry.get_device(device)).kind == "bridge" and ctx.bridge_config is not None:

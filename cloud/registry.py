@@ -27,6 +27,8 @@ SERIAL_SCHEMES = ("socket", "loop", "rfc2217", "spy", "hwgrep", "alt")
 FLOW_CONTROLS = ("none", "rtscts", "xonxoff")
 SCOPES = ("admin", "print", "read")
 CONTROLLER_SECRET_KEY = "controller_secret_hash"
+#: What each kind of ``devices`` row is called in messages.
+_KIND_NAMES = {"device": "printer host", "bridge": "bridge"}
 
 
 def check_serial_url(url: str) -> str:
@@ -158,8 +160,12 @@ class Registry:
             )
         return token, expires
 
-    async def redeem_enrollment(self, token: str) -> tuple[str, str]:
-        """Exchange a token (once, before it expires) for the device's new secret: (device, secret)."""
+    async def redeem_enrollment(self, token: str, kind: str | None = None) -> tuple[str, str]:
+        """Exchange a token (once, before it expires) for the device's new secret: (device, secret).
+
+        ``kind`` (``"device"`` or ``"bridge"``), when given, is what the caller means to enrol: a token
+        for the other kind is refused and stays unused (the credentials in use keep working).
+        """
         now = wire.now_ms()
         secret = generate_secret()
         async with self._sessions.begin() as s:
@@ -172,8 +178,14 @@ class Registry:
                 raise ControllerError("enrolment token already used", status=403)
             if now > row.expires_at:
                 raise ControllerError("enrolment token expired", status=403)
-            row.used_at = now
             device = await self._device(s, row.device_name)
+            if kind is not None and device.kind != kind:
+                raise ControllerError(
+                    f"this token enrols a {_KIND_NAMES.get(device.kind, device.kind)},"
+                    f" not a {_KIND_NAMES.get(kind, kind)}",
+                    status=409,
+                )
+            row.used_at = now
             device.secret_hash = hash_password(secret)
             return device.name, secret
 

@@ -598,9 +598,13 @@ def agent_enroll(
     if out_path.exists():
         fail(f"{out_path} already exists; choose another --out")
     try:
-        resp = httpx.post(f"{server.rstrip('/')}/v1/enroll", json={"token": enrollment_token}, timeout=30)
+        resp = httpx.post(
+            f"{server.rstrip('/')}/v1/enroll", json={"token": enrollment_token, "kind": "device"}, timeout=30
+        )
     except httpx.HTTPError as exc:
         fail(f"cannot reach the controller at {server}: {exc}")
+    if resp.status_code == 409:
+        fail("this token enrols a bridge, not a printer host: use printfleet bridge enroll")
     if resp.status_code >= 400:
         try:
             message = resp.json().get("error", resp.text)
@@ -608,6 +612,8 @@ def agent_enroll(
             message = resp.text
         fail(str(message))
     result = resp.json()
+    if "agent_config" not in result:
+        fail("this token enrols a bridge, not a printer host: use printfleet bridge enroll")
     try:
         _write_agent_config(out_path, result["agent_config"], result["device"])
     except (OSError, PrintfleetError) as exc:
