@@ -27,7 +27,7 @@ from cloud.keys import Keyring
 from cloud.models import Command, Job
 from cloud.presence import Presence, PresenceChange
 from cloud.registry import Registry
-from cloud.routing import Router, RoutingConfig
+from cloud.routing import RETRY_LATER, Router, RoutingConfig
 from printfleet import wire
 
 log = logging.getLogger(__name__)
@@ -359,6 +359,8 @@ class Controller:
 
     async def _on_claim(self, peer: wire.Peer, claim: wire.JobClaim) -> None:
         result = await self.router.claim(claim.job_id, peer.client_id, wire.now_ms())
+        if result.reason == RETRY_LATER:
+            return  # no answer: the executor asks again
         if not result.granted:
             log.info("claim of job %s by %s refused: %s", claim.job_id, peer, result.reason)
             await self.router.refuse_claim_outcome(claim.job_id, result)

@@ -38,6 +38,9 @@ S = wire.JobState
 _TERMINAL = [st.value for st in wire.TERMINAL_JOB_STATES]
 
 
+#: The reason of a claim answer that is not a refusal: ask again (the executor keeps the job).
+RETRY_LATER = "busy, ask again"
+
 #: A bridge still online but silent this long past its lease is treated as gone.
 BRIDGE_SILENCE_MS = 300_000
 
@@ -114,55 +117,66 @@ class Router:
     # -- the right to print -------------------------------------------------------------------
 
     async def claim(self, job_id: str, executor: str, now: int) -> Claim:
-        """Grant ``executor`` the right to start writing ``job_id``, if the job is still its to print."""
+        """Grant ``executor`` the right to start writing ``job_id``, if the job is still its to print.
+
+        A compare-and-set on what was read; a concurrent change (the outbox recording a dispatch,
+        a report) is never a reason to refuse: the claim is judged again on the new row. Only a
+        definite answer (routed elsewhere, finished, cancelled, expired) refuses it.
+        """
         lease_s = self.config.bridge_lease_s if executor.startswith("brg-") else self.config.lease_s
-        async with self._sessions.begin() as s:
-            job = await s.get(Job, job_id)
-            if job is None:
-                return Claim(granted=False, reason="no such job")
-            state = S(job.state)
-            if state.terminal:
-                return Claim(granted=False, reason=f"job already {job.state}")
-            holder = job.executor or wire.Peer(role=wire.Role.DEVICE, name=job.device_name).client_id
-            if holder != executor:
-                return Claim(granted=False, reason=f"job routed to {holder}")
-            if job.cancel_requested_at is not None and job.claimed_at is None:
-                return Claim(granted=False, reason="cancel requested")
-            if job.claimed_at is None and job.expires_at is not None and now > job.expires_at:
-                return Claim(granted=False, reason="expired before printing")
-            lease_until = now + int(lease_s * 1000)
-            if job.expires_at is not None and job.claimed_at is None:
-                lease_until = min(lease_until, max(job.expires_at, now + 1000))
-            done = await s.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.executor.is_(None) if job.executor is None else Job.executor == executor,
-                    Job.route == job.route,
-                    Job.state.notin_(_TERMINAL),
-                    or_(Job.claimed_at.is_not(None), Job.cancel_requested_at.is_(None)),
-                )
-                .values(
-                    claimed_at=job.claimed_at or now,
-                    lease_until=lease_until,
-                    executor=executor,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if not int(getattr(done, "rowcount", 0) or 0):
-                return Claim(granted=False, reason="the job changed meanwhile")
-            if job.claimed_at is None:
-                s.add(
-                    JobEvent(
-                        job_id=job_id,
-                        at=now,
-                        state=job.state,
-                        detail=f"granted to {executor}",
-                        source=executor,
+        for _ in range(8):
+            async with self._sessions.begin() as s:
+                job = await s.get(Job, job_id)
+                if job is None:
+                    return Claim(granted=False, reason="no such job")
+                state = S(job.state)
+                if state.terminal:
+                    return Claim(granted=False, reason=f"job already {job.state}")
+                holder = job.executor or wire.Peer(role=wire.Role.DEVICE, name=job.device_name).client_id
+                if holder != executor:
+                    return Claim(granted=False, reason=f"job routed to {holder}")
+                if job.cancel_requested_at is not None and job.claimed_at is None:
+                    return Claim(granted=False, reason="cancel requested")
+                if job.claimed_at is None and job.expires_at is not None and now > job.expires_at:
+                    return Claim(granted=False, reason="expired before printing")
+                lease_until = now + int(lease_s * 1000)
+                if job.expires_at is not None and job.claimed_at is None:
+                    lease_until = min(lease_until, max(job.expires_at, now + 1000))
+                done = await s.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job_id,
+                        Job.state == job.state,
+                        Job.executor.is_(None) if job.executor is None else Job.executor == executor,
+                        Job.route == job.route,
+                        Job.cancel_requested_at.is_(None)
+                        if job.cancel_requested_at is None
+                        else Job.cancel_requested_at.is_not(None),
                     )
+                    .values(
+                        claimed_at=job.claimed_at or now,
+                        lease_until=lease_until,
+                        executor=executor,
+                        updated_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
                 )
-        return Claim(granted=True, lease_until=lease_until)
+                if not int(getattr(done, "rowcount", 0) or 0):
+                    await s.rollback()
+                    continue  # the row moved between the read and the write: judge it again
+                if job.claimed_at is None:
+                    s.add(
+                        JobEvent(
+                            job_id=job_id,
+                            at=now,
+                            state=job.state,
+                            detail=f"granted to {executor}",
+                            source=executor,
+                        )
+                    )
+            return Claim(granted=True, lease_until=lease_until)
+        log.warning("claim of job %s by %s: the job kept changing; not answered", job_id, executor)
+        return Claim(granted=False, reason=RETRY_LATER)
 
     async def refuse_claim_outcome(self, job_id: str, claim: Claim) -> None:
         """A refused claim can end a job the claimant will now never print (cancel, expiry)."""

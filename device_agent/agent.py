@@ -92,6 +92,8 @@ class Agent:
         self.online = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._claims: dict[str, asyncio.Future[wire.JobGrant]] = {}
+        #: Set once this agent knows the controller's clock (grants and leases are judged on it).
+        self._clock_known = asyncio.Event()
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -111,6 +113,8 @@ class Agent:
         try:
             offset = await self.journal.get_kv("clock_offset_ms")
             self.offset_ms = int(offset) if offset else 0
+            if offset:
+                self._clock_known.set()
             trusted = await self.journal.get_kv("trusted_keys")
             if trusted:
                 self._keys = wire.parse_public_keys(json.loads(trusted))
@@ -459,9 +463,10 @@ class Agent:
         if sent is not None:
             rtt = now - sent
             offset = ack.ctl_ts + rtt // 2 - now
-            if abs(offset - self.offset_ms) > 50:
+            if abs(offset - self.offset_ms) > 50 or not self._clock_known.is_set():
                 await self.journal.set_kv("clock_offset_ms", str(offset))
             self.offset_ms = offset
+            self._clock_known.set()
         if ack.config_version != self._config_version:
             await self._publish(wire.Channel.UP, wire.SyncRequest(session=self._session, reason="config"))
 
@@ -496,6 +501,7 @@ class Agent:
         try:
             while not waiter.done():
                 await self.online.wait()
+                await self._clock_known.wait()  # a grant could not be judged before
                 body = wire.JobClaim(job_id=job.job_id, printer=job.printer, attempt=job.attempt)
                 if not await self._publish(wire.Channel.UP, body):
                     await asyncio.sleep(0.5)

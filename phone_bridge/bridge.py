@@ -215,15 +215,18 @@ class Bridge:
         remaining = (offer.grant_until - self.ctl_now()) / 1000
         if remaining <= 0:
             return await self._not_taken(offer, "the offer lapsed before it was approved")
-        target = PrinterTarget(
-            name=offer.printer.name,
-            unique_id=offer.printer.unique_id,
-            ble_address=offer.printer.ble_address,
-            ble_name=offer.printer.ble_name,
-            ble_profile=offer.printer.ble_profile,
-            public_key=offer.printer.public_key,
-            identity=offer.printer.identity,
-        )
+        try:
+            target = PrinterTarget(
+                name=offer.printer.name,
+                unique_id=offer.printer.unique_id,
+                ble_address=offer.printer.ble_address,
+                ble_name=offer.printer.ble_name,
+                ble_profile=offer.printer.ble_profile,
+                public_key=offer.printer.public_key,
+                identity=offer.printer.identity,
+            )
+        except ValueError as exc:  # a printer record this bridge cannot use
+            return await self._not_taken(offer, f"cannot use the printer's BLE record: {exc}")
         loop = asyncio.get_running_loop()
         handover: asyncio.Future[wire.JobPrint | wire.JobGrant] = loop.create_future()
         self._handovers[job_id] = handover
