@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 S = wire.JobState
 
+#: ``progress(bytes_done, bytes_total)`` while a job's bytes go to the printer.
+Progress = Callable[[int, int], None]
+
 #: How long the bridge waits for the controller's answers (hand-over, grant, submit).
 ANSWER_TIMEOUT_S = 10.0
 #: Unacknowledged reports are resent after this long.
@@ -106,10 +109,14 @@ class Instruction:
     def reason(self) -> str:
         return self.offer.reason
 
-    async def approve(self) -> Outcome:
-        """Connect to the printer, take the job, print it; return what happened."""
+    async def approve(self, progress: Progress | None = None) -> Outcome:
+        """Connect to the printer, take the job, print it; return what happened.
+
+        ``progress(bytes_done, bytes_total)`` is called as the printer accepts the job's bytes
+        (all copies counted), e.g. for a progress bar in the app.
+        """
         self._once()
-        return await self._bridge.execute(self.offer)
+        return await self._bridge.execute(self.offer, progress)
 
     async def decline(self, reason: str = "declined on the bridge") -> None:
         """Refuse the job before anything is written: the controller routes it elsewhere."""
@@ -206,11 +213,11 @@ class Bridge:
 
     # -- executing one job ----------------------------------------------------------------------
 
-    async def execute(self, offer: wire.BridgeOffer) -> Outcome:
+    async def execute(self, offer: wire.BridgeOffer, progress: Progress | None = None) -> Outcome:
         async with self._busy:  # one radio, one job at a time
-            return await self._execute(offer)
+            return await self._execute(offer, progress)
 
-    async def _execute(self, offer: wire.BridgeOffer) -> Outcome:
+    async def _execute(self, offer: wire.BridgeOffer, on_progress: Progress | None) -> Outcome:
         job_id = offer.job_id
         remaining = (offer.grant_until - self.ctl_now()) / 1000
         if remaining <= 0:
@@ -271,7 +278,7 @@ class Bridge:
                     return await self._not_taken(offer, "no usable grant from the controller")
                 if not granted:
                     return Outcome(job_id=job_id, state="not-taken", detail="claim refused")
-                return await self._write(offer, job, payload, conn, identity)
+                return await self._write(offer, job, payload, conn, identity, on_progress)
         finally:
             self._handovers.pop(job_id, None)
 
@@ -300,16 +307,20 @@ class Bridge:
         payload: bytes,
         conn: PrinterConnection,
         identity: str,
+        on_progress: Progress | None = None,
     ) -> Outcome:
         written = 0
         copies_done = 0
         started = False
+        total = len(payload) * job.copies
 
         def progress(sent: int, _total: int) -> None:
             nonlocal started
             if sent > 0 and not started:
                 started = True
                 self._report(job, S.PRINTING, f"writing over BLE ({identity})", copies_done)
+            if on_progress is not None:
+                on_progress(copies_done * len(payload) + sent, total)
 
         try:
             while copies_done < job.copies:
@@ -578,7 +589,25 @@ async def run_bridge(
             if not config.auto_approve:
                 await instruction.decline("this bridge does not take jobs on its own (auto_approve off)")
                 continue
-            outcome = await instruction.approve()
+            log.info(
+                "job %s for printer %s (%d bytes): %s", instruction.job_id, instruction.printer.name,
+                instruction.size, instruction.reason,
+            )  # fmt: skip
+            outcome = await instruction.approve(progress=_quarter_logger(instruction.job_id))
             log.info("job %s: %s (%s)", outcome.job_id, outcome.state, outcome.detail)
             if on_outcome is not None:
                 on_outcome(outcome)
+
+
+def _quarter_logger(job_id: str) -> Progress:
+    """Log a job's progress at each quarter (what `bridge run` shows while it writes)."""
+    shown = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal shown
+        quarter = 4 * done // total if total else 4
+        if quarter > shown:
+            shown = quarter
+            log.info("job %s: %d of %d bytes accepted by the printer", job_id, done, total)
+
+    return progress

@@ -402,8 +402,11 @@ async def test_origin_bridge_goes_first_and_a_bridge_can_submit(fleet: Fleet) ->
                 instructions = app_bridge.instructions()
                 instruction = await asyncio.wait_for(anext(instructions), 20)
                 assert instruction.job_id == job_id and instruction.printer.name == "kiosk-1"
-                outcome = await instruction.approve()
+                seen: list[tuple[int, int]] = []
+                outcome = await instruction.approve(progress=lambda done, total: seen.append((done, total)))
                 assert outcome.state == "printed" and outcome.identity == "verified", outcome
+                assert seen and seen[-1] == (instruction.size, instruction.size)
+                assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
                 submitted = await app_bridge.submit("kiosk-1", text="SUBMITTED ON B")
                 second = await asyncio.wait_for(anext(instructions), 20)
