@@ -238,7 +238,22 @@ async def test_forged_expired_misaddressed_and_replayed_instructions_are_refused
             )
 
         controller = fleet.svc.controller
-        good = controller.instruction(job("j-good", "GENUINE"), dev)
+        # The genuine instruction carries a job the controller knows: an agent prints nothing
+        # without the controller's grant for that job id (job.claim / job.grant).
+        real = (await fleet.api("POST", "/v1/jobs", json={"printer": "k1", "text": "GENUINE"})).json()
+        stored = await fleet.svc.jobs.get(real["id"])
+        assert stored.payload is not None
+        good = controller.instruction(
+            wire.JobPrint(
+                job_id=stored.id,
+                printer="k1",
+                data=base64.b64encode(stored.payload).decode(),
+                sha256=stored.payload_sha256,
+                submitted_at=now,
+                lease_until=now + 60_000,
+            ),
+            dev,
+        )
         forged = wire.Envelope.build(
             job("j-forged", "FORGED"), src=ctl, dst=dev, seq=good.seq + 1, exp=now + 60_000
         ).signed(wire.SigningKey.generate())
