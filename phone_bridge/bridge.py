@@ -62,6 +62,8 @@ Progress = Callable[[int, int], None]
 ANSWER_TIMEOUT_S = 10.0
 #: Unacknowledged reports are resent after this long.
 REPORT_RESEND_S = 2.0
+#: Refusals kept for resending until acknowledged (the oldest are dropped beyond this).
+MAX_PENDING_REFUSALS = 200
 
 
 class BridgeError(PrintfleetError):
@@ -152,6 +154,7 @@ class Bridge:
         self._grants: dict[str, asyncio.Future[wire.JobGrant]] = {}
         self._accepted: dict[str, asyncio.Future[wire.JobAccepted]] = {}
         self._reports: dict[str, wire.JobReport] = {}
+        self._refusals: dict[str, wire.Refused] = {}
         self._busy = asyncio.Lock()
         self.online = asyncio.Event()
         self.state = BridgeState.DISCONNECTED
@@ -468,8 +471,14 @@ class Bridge:
             await self._refuse(str(exc), env.id)
 
     async def _refuse(self, reason: str, message_id: str = "") -> None:
+        """Report a refused instruction; kept (in memory, bounded) and resent until acknowledged."""
         log.warning("refused an instruction: %s", reason)
-        await self.send(wire.Refused(message_id=message_id[:64], reason=reason[:200]))
+        refused = wire.Refused(message_id=message_id[:64], reason=reason[:200], report_id=uuid.uuid4().hex)
+        assert refused.report_id is not None
+        self._refusals[refused.report_id] = refused
+        while len(self._refusals) > MAX_PENDING_REFUSALS:
+            del self._refusals[next(iter(self._refusals))]
+        await self.send(refused)
 
     async def _dispatch(self, env: wire.Envelope) -> None:
         match env.type:
@@ -500,6 +509,7 @@ class Bridge:
                 ack: wire.ReportAck = env.parsed(wire.ReportAck)
                 for rid in ack.report_ids:
                     self._reports.pop(rid, None)
+                    self._refusals.pop(rid, None)
             case wire.MsgType.HEARTBEAT_ACK:
                 hb_ack: wire.HeartbeatAck = env.parsed(wire.HeartbeatAck)
                 await self.send(wire.HeartbeatEcho(hb_seq=hb_ack.hb_seq, ctl_ts=hb_ack.ctl_ts))
@@ -538,7 +548,8 @@ class Bridge:
             self._wake_reports.clear()
             if not self.online.is_set():
                 continue
-            for report in list(self._reports.values()):
+            pending: list[wire.JobReport | wire.Refused] = [*self._reports.values(), *self._refusals.values()]
+            for report in pending:
                 if not await self.send(report):
                     break
 
