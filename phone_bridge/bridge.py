@@ -64,6 +64,9 @@ ANSWER_TIMEOUT_S = 10.0
 REPORT_RESEND_S = 2.0
 #: Refusals kept for resending until acknowledged (the oldest are dropped beyond this).
 MAX_PENDING_REFUSALS = 200
+#: On stopping, the loops still running after this long are cancelled again (longer than the
+#: goodbye message is given).
+STOP_RECANCEL_S = 3.0
 
 
 class BridgeError(PrintfleetError):
@@ -155,6 +158,7 @@ class Bridge:
         self._accepted: dict[str, asyncio.Future[wire.JobAccepted]] = {}
         self._reports: dict[str, wire.JobReport] = {}
         self._refusals: dict[str, wire.Refused] = {}
+        self._loops: list[asyncio.Task[None]] = []
         self._busy = asyncio.Lock()
         self.online = asyncio.Event()
         self.state = BridgeState.DISCONNECTED
@@ -558,9 +562,26 @@ class Bridge:
     async def _run(self) -> None:
         self._wake_reports = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._mqtt_loop(), name="bridge-mqtt")
-            tg.create_task(self._heartbeat_loop(), name="bridge-heartbeat")
-            tg.create_task(self._report_loop(), name="bridge-reports")
+            self._loops = [
+                tg.create_task(self._mqtt_loop(), name="bridge-mqtt"),
+                tg.create_task(self._heartbeat_loop(), name="bridge-heartbeat"),
+                tg.create_task(self._report_loop(), name="bridge-reports"),
+            ]
+
+    async def _stop(self, task: asyncio.Task[None]) -> None:
+        """Cancel :meth:`_run` (``task``) and wait for it to end.
+
+        Its loops are cancelled again for as long as one still runs: on Python 3.11,
+        ``asyncio.wait_for`` (which aiomqtt's publish uses) returns normally when the cancellation
+        arrives just as the awaited operation completes, and the loop that swallowed it runs on.
+        """
+        task.cancel()
+        while not (await asyncio.wait({task}, timeout=STOP_RECANCEL_S))[0]:
+            log.debug("bridge %s: cancelling its loops again", self.peer.name)
+            for loop_task in self._loops:
+                loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     @property
     def pending_reports(self) -> int:
@@ -583,9 +604,7 @@ async def open_bridge(
             yield bridge
         finally:
             bridge.state = BridgeState.STOPPED
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await bridge._stop(task)
 
 
 async def run_bridge(
