@@ -19,9 +19,9 @@ from cloud.audit import Audit, audit_view
 from cloud.bridges import Bridges, PrinterBle, bridge_view
 from cloud.commands import CommandStore, command_view
 from cloud.controller import Controller
-from cloud.errors import ControllerError
+from cloud.errors import ControllerError, NotFound
 from cloud.jobs import JobStore, Submission, job_view
-from cloud.models import ApiToken
+from cloud.models import ApiToken, Device
 from cloud.registry import PrinterInput, Registry, device_view, printer_view
 from printfleet import wire
 
@@ -208,9 +208,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
         now = wire.now_ms()
         return [device_view(d, now) for d in await ctx.registry.list_devices()]
 
+    async def host(name: str) -> Device:
+        """A printer host by name; a bridge's name is not one (bridges have endpoints of their own,
+        which also cut the right session)."""
+        device = await ctx.registry.get_device(name)
+        if device.kind != "device":
+            raise NotFound(f"no device named {name!r} (it is a bridge: see printfleet bridge)")
+        return device
+
     @app.get("/v1/devices/{name}")
     async def get_device(name: str, _t: Read) -> dict[str, Any]:
-        return device_view(await ctx.registry.get_device(name), wire.now_ms())
+        return device_view(await host(name), wire.now_ms())
 
     @app.post("/v1/devices", status_code=201)
     async def add_device(body: DeviceIn, _t: Admin) -> dict[str, Any]:
@@ -241,6 +249,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def new_enrollment(
         name: str, _t: Admin, ttl: Annotated[float, Query(ge=60, le=30 * 24 * 3600)] = 86400
     ) -> dict[str, Any]:
+        await host(name)
         token, expires = await ctx.registry.create_enrollment(name, ttl)
         return {"device": name, "enrollment_token": token, "expires_at": expires}
 
@@ -256,6 +265,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.post("/v1/devices/{name}/disable")
     async def disable_device(name: str, _t: Admin) -> dict[str, Any]:
+        await host(name)
         device = await ctx.registry.set_enabled(name, False)
         await ctx.credentials_changed()
         await ctx.controller.device_disabled(name)
@@ -263,6 +273,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.post("/v1/devices/{name}/enable")
     async def enable_device(name: str, _t: Admin) -> dict[str, Any]:
+        await host(name)
         device = await ctx.registry.set_enabled(name, True)
         await ctx.credentials_changed()
         return device_view(device, wire.now_ms())
@@ -270,6 +281,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.post("/v1/devices/{name}/rotate")
     async def rotate_device(name: str, _t: Admin) -> dict[str, Any]:
         """New credentials for a device; its queued work stays queued for it."""
+        await host(name)
         secret = await ctx.registry.rotate_secret(name)
         await ctx.credentials_changed()
         await ctx.controller.device_disabled(name)  # drop the session that used the old secret
@@ -277,6 +289,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.delete("/v1/devices/{name}")
     async def remove_device(name: str, _t: Admin) -> dict[str, Any]:
+        await host(name)
         printers = await ctx.registry.remove_device(name)
         await ctx.credentials_changed()
         await ctx.controller.device_removed(name, printers)
@@ -292,6 +305,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.post("/v1/printers", status_code=201)
     async def add_printer(body: PrinterIn, _t: Admin) -> dict[str, Any]:
+        await host(body.device)
         printer = await ctx.registry.add_printer(
             body.device,
             PrinterInput(
@@ -490,6 +504,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 wire.check_name(tag, "tag")
             except wire.WireError as exc:
                 raise ControllerError(str(exc)) from exc
+        await host(name)
         device = await ctx.registry.set_tags(name, sorted(set(body.tags)))
         return device_view(device, wire.now_ms())
 
