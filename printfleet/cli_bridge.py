@@ -235,6 +235,22 @@ def bridge_enable(name: str) -> None:
     out.print(f"bridge {name} enabled")
 
 
+@bridge_app.command("rotate")
+def bridge_rotate(
+    name: str,
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write the new bridge config.")],
+) -> None:
+    """Issue new credentials for a bridge: the old ones stop working and its session is dropped."""
+    if out_path.exists():
+        fail(f"{out_path} already exists; choose another --out")
+    result = call("POST", f"/v1/bridges/{name}/rotate")
+    try:
+        _write_bridge_config(out_path, result["bridge_config"])
+    except (OSError, PrintfleetError) as exc:
+        fail(f"could not write {out_path}: {exc}")
+    out.print(f"new credentials for bridge {name} written to {out_path}; install it on the phone")
+
+
 @bridge_app.command("remove")
 def bridge_remove(name: str) -> None:
     call("DELETE", f"/v1/bridges/{name}")
