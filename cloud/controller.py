@@ -364,6 +364,10 @@ class Controller:
         if not result.granted:
             log.info("claim of job %s by %s refused: %s", claim.job_id, peer, result.reason)
             await self.router.refuse_claim_outcome(claim.job_id, result)
+            if not await self._ever_held(peer, claim.job_id):
+                await self.security(
+                    peer.client_id, "claim.forged", claim.job_id, f"claim refused: {result.reason}"
+                )
         await self.send(
             peer,
             wire.JobGrant(
@@ -373,6 +377,17 @@ class Controller:
                 reason=result.reason,
             ),
         )
+
+    async def _ever_held(self, peer: wire.Peer, job_id: str) -> bool:
+        """Whether ``peer`` is or was a legitimate executor of the job (its host, or a bridge it was
+        offered to): a claim from anyone else is an attempt, not a race."""
+        try:
+            job = await self.jobs.get(job_id)
+        except Exception:
+            return False
+        if peer.role is wire.Role.DEVICE:
+            return job.device_name == peer.name
+        return peer.name in (job.tried_bridges or ())
 
     async def _on_bridge_ready(self, peer: wire.Peer, ready: wire.BridgeReady) -> None:
         now = wire.now_ms()
@@ -399,6 +414,19 @@ class Controller:
         await self.send(peer, body)
 
     async def _on_bridge_submit(self, peer: wire.Peer, sub: wire.JobSubmit) -> None:
+        bridge = await self.registry.get_device(peer.name)
+        if sub.printer not in (bridge.near or ()):
+            # a bridge prints for the printers it is registered near, nothing else (a stolen
+            # bridge credential must not become a print token for the whole fleet)
+            await self.security(peer.client_id, "job.submit", sub.printer, "printer not near this bridge")
+            await self.send(
+                peer,
+                wire.JobAccepted(
+                    request_id=sub.request_id,
+                    error=f"bridge {peer.name} is not registered near printer {sub.printer!r}",
+                ),
+            )
+            return
         content: Any
         match sub.kind:
             case "text":

@@ -353,11 +353,16 @@ class Router:
             )
         return job, None
 
-    async def release(self, job_id: str, offer_id: str, reason: str, now: int) -> bool:
-        """Take an unclaimed job back from a bridge: the normal path (or the next bridge) takes over."""
+    async def release(
+        self, job_id: str, offer_id: str, reason: str, now: int, *, executor: str | None = None
+    ) -> bool:
+        """Take an unclaimed job back from a bridge: the normal path (or the next bridge) takes over.
+
+        ``executor``: only if the job is offered to that bridge (a bridge's own ``bridge.failed``).
+        """
         async with self._sessions.begin() as s:
             job = await s.get(Job, job_id)
-            if job is None:
+            if job is None or (executor is not None and job.executor != executor):
                 return False
             done = await s.execute(
                 update(Job)
@@ -404,7 +409,9 @@ class Router:
                 .values(claimed_at=None)
                 .execution_options(synchronize_session=False)
             )
-        return await self.release(failed.job_id, failed.offer_id, f"bridge {bridge}: {failed.reason}", now)
+        return await self.release(
+            failed.job_id, failed.offer_id, f"bridge {bridge}: {failed.reason}", now, executor=executor
+        )
 
     async def lapsed(self, now: int, online: set[str]) -> None:
         """Offers no bridge answered go back; a claimed job whose bridge went silent ends unknown."""

@@ -756,6 +756,8 @@ async def test_a_bridge_cannot_report_on_or_claim_a_job_held_by_an_agent(embedde
 
         forged = await _wait_audit(fleet, lambda e: e["action"] == "report.forged")
         assert forged["actor"] == "brg-phone-1" and forged["target"] == job_id
+        claim = await _wait_audit(fleet, lambda e: e["action"] == "claim.forged")
+        assert claim["actor"] == "brg-phone-1" and claim["target"] == job_id
         await _wait_audit(fleet, lambda e: e["action"] == "message.spoofed" and e["actor"] == "brg-phone-1")
         await _wait_audit(
             fleet,

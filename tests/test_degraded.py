@@ -382,7 +382,7 @@ async def test_bridge_killed_mid_job_ends_unknown_and_is_not_reprinted(fleet: Fl
 async def test_origin_bridge_goes_first_and_a_bridge_can_submit(fleet: Fleet) -> None:
     """Two bridges near the printer: the job goes to the one it came from (`print --from`, or a
     `job.submit` over that bridge's own session, as a phone app does through the library API)."""
-    from phone_bridge.bridge import open_bridge
+    from phone_bridge.bridge import BridgeError, open_bridge
     from phone_bridge.config import load_bridge_config
 
     async with PtyPrinter() as pty, ble_rig() as rig:
@@ -411,6 +411,8 @@ async def test_origin_bridge_goes_first_and_a_bridge_can_submit(fleet: Fleet) ->
                 assert seen and seen[-1] == (instruction.size, instruction.size)
                 assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
+                with pytest.raises(BridgeError, match="not registered near printer 'kiosk-9'"):
+                    await app_bridge.submit("kiosk-9", text="a printer this phone is not near")
                 submitted = await app_bridge.submit("kiosk-1", text="SUBMITTED ON B")
                 second = await asyncio.wait_for(anext(instructions), 20)
                 assert second.job_id == submitted
