@@ -102,15 +102,18 @@ class Rollouts:
         command_args: ArgsFactory,
         wake_outbox: Callable[[], None],
         tick_s: float = 1.0,
+        coalesce_s: float = 0.05,
     ) -> None:
         self._sessions = sessions
         self._commands = commands
         self._command_args = command_args
         self._wake_outbox = wake_outbox
         self._tick_s = tick_s
+        self._coalesce_s = coalesce_s
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._progress: dict[str, str] = {}
+        self._active: set[str] = set()
         #: ``{"rollout": id}`` whenever a rollout's view changes (long-polls wait on it).
         self.feed = Feed()
 
@@ -203,15 +206,10 @@ class Rollouts:
             if rollout is None:
                 raise NotFound(f"no rollout {rollout_id!r}")
             latest = await self._latest(s, rollout.id)
-            versions = dict(
-                (
-                    await s.execute(
-                        select(Device.name, Device.agent_version).where(Device.name.in_(rollout.devices))
-                    )
-                )
-                .tuples()
-                .all()
+            rows = await s.execute(
+                select(Device.name, Device.agent_version).where(Device.name.in_(rollout.devices))
             )
+            versions: dict[str, str | None] = dict(rows.all())
         return rollout_view(rollout, latest, versions)
 
     async def wait(self, rollout_id: str, *, known: str | None, timeout: float) -> dict[str, Any]:
@@ -239,6 +237,8 @@ class Rollouts:
                         delay = self._tick_s
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                        # a burst of command changes (a whole fleet reporting) makes one pass
+                        await asyncio.sleep(min(self._coalesce_s, delay))
                     self._wake.clear()
             finally:
                 listener.cancel()
@@ -258,13 +258,15 @@ class Rollouts:
                 in_flight = select(Command.rollout_id).where(
                     Command.rollout_id.is_not(None), Command.state.not_in(_TERMINAL)
                 )
-                ids = (
+                active = set(
                     await s.scalars(
                         select(Rollout.id).where(
                             (Rollout.state == RolloutState.RUNNING.value) | Rollout.id.in_(in_flight)
                         )
                     )
-                ).all()
+                )
+            # those active last time get one more pass: their last command's end is news too
+            ids, self._active = sorted(active | self._active), active
             for rollout_id in ids:
                 due = await self._advance(rollout_id, now)
                 if due is not None:
@@ -319,7 +321,6 @@ class Rollouts:
                     rollout.next_start_at = None
                     rollout.detail = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
                     log.info("rollout %s completed: %s", rollout.id, rollout.detail)
-            s.expunge(rollout)
         for command_id in cancel:
             await self._commands.transition(
                 command_id,
@@ -331,9 +332,10 @@ class Rollouts:
         if start is not None:
             await self._start(rollout, start, now)
             self._wake_outbox()
-        view = await self.view(rollout_id)
-        if self._progress.get(rollout_id) != view["progress"]:
-            self._progress[rollout_id] = view["progress"]
+        states = Counter(c.state for c in latest.values())
+        progress = f"{rollout.state}:{rollout.updated_at}:{sorted(states.items())}"
+        if self._progress.get(rollout_id) != progress:
+            self._progress[rollout_id] = progress
             self.feed.publish({"rollout": rollout_id})
         return due
 
@@ -353,11 +355,14 @@ class Rollouts:
 
     @staticmethod
     async def _latest(s: AsyncSession, rollout_id: str) -> dict[str, Command]:
-        """Each device's newest command in the rollout."""
-        rows = await s.scalars(
-            select(Command).where(Command.rollout_id == rollout_id).order_by(Command.created_at, Command.id)
-        )
-        return {c.device_name: c for c in rows}
+        """Each device's newest command in the rollout.
+
+        A device gets another command only after a resume, and only if its last one was cancelled:
+        so a command that was not cancelled is the newest (even when both carry the same time).
+        """
+        rows = await s.scalars(select(Command).where(Command.rollout_id == rollout_id))
+        ordered = sorted(rows, key=lambda c: (c.state != C.CANCELLED.value, c.created_at))
+        return {c.device_name: c for c in ordered}
 
 
 def rollout_view(
