@@ -4,6 +4,7 @@ version, restarts into it under the launcher, and is rolled back when the new ve
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ async def test_update_installs_beside_and_a_broken_update_rolls_back(
         assert (await fleet.device("k1"))["agent_version"] == __version__
 
         good = agent_wheel(tmp_path, "0.1.1")
+        started = time.monotonic()
         done = await _update(fleet, good)
+        took_update = time.monotonic() - started
         assert done["state"] == "succeeded", done
         assert done["detail"] == f"{__version__} -> 0.1.1"
         assert done["result"]["old_version"] == __version__ and done["result"]["new_version"] == "0.1.1"
@@ -71,13 +74,19 @@ async def test_update_installs_beside_and_a_broken_update_rolls_back(
         )
 
         broken = agent_wheel(tmp_path, "0.1.2", changes={"printfleet/__init__.py": BROKEN})
+        started = time.monotonic()
         back = await _update(fleet, broken, check=False)
+        took_rollback = time.monotonic() - started
         assert back["state"] == "failed", back
         assert back["detail"] == "rolled back: version 0.1.2 exited with code 1 before reporting healthy"
         assert back["result"]["attempted_version"] == "0.1.2" and back["result"]["new_version"] == "0.1.1"
         assert (await fleet.device("k1"))["agent_version"] == "0.1.1"  # the previous install, not the base
         job = (await fleet.cli("print", "k1", "--text", "after the rollback", "--wait", "--json")).json()
         assert job["state"] == "printed"
+        print(
+            f"\n[update] cmd update --wait through the CLI (upload, download, install, restart, confirm):"
+            f" {took_update:.1f} s; a broken build rolled back: {took_rollback:.1f} s"
+        )
 
         packages = (await fleet.api("GET", "/v1/packages")).json()
         assert sorted(p["version"] for p in packages) == ["0.1.1", "0.1.2"]  # each uploaded once
