@@ -275,3 +275,23 @@ async def test_abort_cancels_unsent_commands_skips_the_rest_and_resume_continues
 def test_failures_allowed() -> None:
     assert [failures_allowed(50, p) for p in (0, 5, 10, 100)] == [0, 2, 5, 50]
     assert failures_allowed(10, 10) == 1 and failures_allowed(3, 50) == 1
+
+
+async def test_a_rollout_carries_on_after_a_controller_restart(engine: Any) -> None:
+    """Everything a rollout needs is stored: a new engine on the same database (a restarted
+    controller) starts the next device, and no device twice."""
+    rollouts, commands, eng = engine
+    rid = await _create(rollouts, 3, rate=60, abort_above=0)
+    t0 = (await rollouts.get(rid)).next_start_at
+    await rollouts.step(t0)
+    after_restart = Rollouts(
+        db.make_sessionmaker(eng),
+        commands,
+        command_args=lambda spec, until: dict(spec),
+        wake_outbox=lambda: None,
+    )
+    await after_restart.step(t0 + 500)
+    assert set(await _by_device(commands, rid)) == {"d0"}  # not due yet: the stored start time holds
+    await after_restart.step(t0 + 1000)
+    assert set(await _by_device(commands, rid)) == {"d0", "d1"}
+    assert len(await commands.list(rollout=rid)) == 2
