@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from printfleet.cli_update import register_update_commands
+from printfleet.cli_update import register_agent_version_commands, register_update_commands
 from printfleet.client import ApiClient, ClientError, resolve_target
 from printfleet.errors import PrintfleetError
 
@@ -876,6 +876,7 @@ _printer_cmd("printer-status", "The printer's status as read from it.")
 _printer_cmd("printer-selftest", "Make the printer print its self-test page (between jobs).")
 _printer_cmd("open-drawer", "Kick the cash drawer (pin 2) between jobs.")
 register_update_commands(cmd_app)  # cmd update, cmd rollout list|show|resume (printfleet/cli_update.py)
+register_agent_version_commands(agent_app)  # agent versions (printfleet/cli_update.py)
 
 
 @cmd_app.command("list")

@@ -298,6 +298,52 @@ def register_update_commands(cmd_app: typer.Typer) -> None:
     cmd_app.add_typer(rollout_app, name="rollout")
 
 
+def register_agent_version_commands(agent_app: typer.Typer) -> None:
+    """Add `printfleet agent versions` (on the host: the installs, and choosing one by hand)."""
+
+    @agent_app.command("versions")
+    def agent_versions(
+        config: Annotated[Path, typer.Option("--config", help="The agent's config file.")],
+        use: Annotated[
+            str | None,
+            typer.Option(
+                "--use", help="Run this install from the next start ('base': the base environment)."
+            ),
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """The agent versions installed on this host by `cmd update`; go back to one with --use."""
+        from device_agent.config import load_config
+        from device_agent.update import versions_dir
+        from device_agent.versions import VersionStore
+        from printfleet import __version__, cli
+        from printfleet.errors import PrintfleetError
+
+        try:
+            store = VersionStore(versions_dir(load_config(config).state_dir))
+            if use is not None:
+                store.use(None if use == "base" else use)
+                cli.out.print(
+                    f"{use} runs from the agent's next start (`printfleet cmd restart-agent`)", markup=False
+                )
+                return
+            facts = store.describe(__version__)
+        except PrintfleetError as exc:
+            cli.fail(str(exc))
+        if as_json:
+            cli.emit_json(facts)
+            return
+        table = Table("install", "version", "sha256", "installed", "")
+        for i in facts["installs"]:
+            mark = "current" if i["name"] == facts["current"] else ""
+            if facts["trial"] and facts["trial"]["install"] == i["name"]:
+                mark = "on trial"
+            table.add_row(i["name"], i["version"], i["sha256"][:16], cli._ts(i["installed_at"]), mark)
+        cli.out.print(table)
+        if facts["current"] is None:
+            cli.out.print(f"current: the base environment (printfleet {__version__})", markup=False)
+
+
 def _say(view: dict[str, Any], line: str, as_json: bool) -> None:
     from printfleet import cli
 
@@ -314,4 +360,4 @@ def _wait_command(client: ApiClient, cmd: dict[str, Any], limit_s: float) -> dic
     return cmd
 
 
-__all__ = ["parse_rate", "print_summary", "register_update_commands"]
+__all__ = ["parse_rate", "print_summary", "register_agent_version_commands", "register_update_commands"]

@@ -46,7 +46,8 @@ async def test_update_installs_beside_and_a_broken_update_rolls_back(
             f"/v1/packages/{sha256_of(good)}/printfleet-0.1.1-py3-none-any.whl?"
         )
         assert set(done["args"]) == {"url", "sha256", "version", "health_s"}  # the URL and the hash, no bytes
-        assert (await fleet.device("k1"))["agent_version"] == "0.1.1"
+        # the registry agrees once the new agent's birth (sent before its report, on another topic) is in
+        await fleet.wait_device("k1", lambda d: d["agent_version"] == "0.1.1", timeout=10)
         status = (await fleet.cli("cmd", "status", "k1", "--wait", "--json")).json()["result"]
         assert status["agent_version"] == "0.1.1"
         assert agent.proc is not None and status["pid"] != agent.proc.pid  # the launcher's child runs it
@@ -80,13 +81,21 @@ async def test_update_installs_beside_and_a_broken_update_rolls_back(
         assert back["state"] == "failed", back
         assert back["detail"] == "rolled back: version 0.1.2 exited with code 1 before reporting healthy"
         assert back["result"]["attempted_version"] == "0.1.2" and back["result"]["new_version"] == "0.1.1"
-        assert (await fleet.device("k1"))["agent_version"] == "0.1.1"  # the previous install, not the base
+        await fleet.wait_device("k1", lambda d: d["agent_version"] == "0.1.1", timeout=10)  # not the base
         job = (await fleet.cli("print", "k1", "--text", "after the rollback", "--wait", "--json")).json()
         assert job["state"] == "printed"
         print(
             f"\n[update] cmd update --wait through the CLI (upload, download, install, restart, confirm):"
             f" {took_update:.1f} s; a broken build rolled back: {took_rollback:.1f} s"
         )
+
+        # on the host: both installs are kept, and an operator may go back to any by hand
+        versions = (await fleet.cli("agent", "versions", "--config", str(cfg), "--json")).json()
+        assert sorted(i["version"] for i in versions["installs"]) == ["0.1.1", "0.1.2"]
+        assert versions["current"] == done["result"]["install"] and versions["trial"] is None
+        await fleet.cli("agent", "versions", "--config", str(cfg), "--use", "base")
+        await fleet.cli("cmd", "restart-agent", "k1", "--wait", "--timeout", "60")
+        await fleet.wait_device("k1", lambda d: d["agent_version"] == __version__, timeout=10)
 
         packages = (await fleet.api("GET", "/v1/packages")).json()
         assert sorted(p["version"] for p in packages) == ["0.1.1", "0.1.2"]  # each uploaded once
