@@ -582,6 +582,38 @@ async def _run_until_signal(coro: Any) -> None:
         await task
 
 
+_WRONG_KIND = {
+    "device": "this token enrols a bridge, not a printer host: use printfleet bridge enroll",
+    "bridge": "this token enrols a printer host, not a bridge: use printfleet agent enroll",
+}
+_CONFIG_KEY = {"device": "agent_config", "bridge": "bridge_config"}
+
+
+def redeem_enrollment(server: str, token: str, kind: str) -> dict[str, Any]:
+    """Exchange a one-time enrolment token for a device's or a bridge's config (``POST /v1/enroll``)."""
+    import httpx
+
+    try:
+        resp = httpx.post(f"{server.rstrip('/')}/v1/enroll", json={"token": token, "kind": kind}, timeout=30)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the controller at {server}: {exc}")
+    if resp.status_code == 409:
+        fail(_WRONG_KIND[kind])
+    try:
+        result = resp.json()
+    except ValueError:
+        fail(
+            resp.text
+            if resp.status_code >= 400
+            else f"the controller answered HTTP {resp.status_code} without JSON"
+        )
+    if resp.status_code >= 400:
+        fail(str(result.get("error", resp.text)) if isinstance(result, dict) else resp.text)
+    if not isinstance(result, dict) or _CONFIG_KEY[kind] not in result:
+        fail(_WRONG_KIND[kind])
+    return result
+
+
 @agent_app.command("enroll")
 def agent_enroll(
     server: Annotated[str, typer.Option("--server", help="The controller's HTTP address.")],
@@ -593,27 +625,9 @@ def agent_enroll(
     ),
 ) -> None:
     """Obtain this host's own credentials with a one-time enrolment token and write the agent config."""
-    import httpx
-
     if out_path.exists():
         fail(f"{out_path} already exists; choose another --out")
-    try:
-        resp = httpx.post(
-            f"{server.rstrip('/')}/v1/enroll", json={"token": enrollment_token, "kind": "device"}, timeout=30
-        )
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the controller at {server}: {exc}")
-    if resp.status_code == 409:
-        fail("this token enrols a bridge, not a printer host: use printfleet bridge enroll")
-    if resp.status_code >= 400:
-        try:
-            message = resp.json().get("error", resp.text)
-        except ValueError:
-            message = resp.text
-        fail(str(message))
-    result = resp.json()
-    if "agent_config" not in result:
-        fail("this token enrols a bridge, not a printer host: use printfleet bridge enroll")
+    result = redeem_enrollment(server, enrollment_token, "device")
     try:
         _write_agent_config(out_path, result["agent_config"], result["device"])
     except (OSError, PrintfleetError) as exc:

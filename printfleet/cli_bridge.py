@@ -20,6 +20,7 @@ from printfleet.cli import (
     fail,
     out,
     printers_app,
+    redeem_enrollment,
 )
 from printfleet.errors import PrintfleetError
 
@@ -146,24 +147,9 @@ def bridge_enroll(
     ),
 ) -> None:
     """Obtain this bridge's own credentials with a one-time enrolment token and write its config."""
-    import httpx
-
     if out_path.exists():
         fail(f"{out_path} already exists; choose another --out")
-    try:
-        resp = httpx.post(
-            f"{server.rstrip('/')}/v1/enroll", json={"token": enrollment_token, "kind": "bridge"}, timeout=30
-        )
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the controller at {server}: {exc}")
-    try:
-        result = resp.json()
-    except ValueError:
-        fail(f"the controller answered HTTP {resp.status_code} without JSON")
-    if resp.status_code == 409 or (resp.status_code < 400 and "bridge_config" not in result):
-        fail("this token enrols a printer host, not a bridge: use printfleet agent enroll")
-    if resp.status_code >= 400:
-        fail(str(result.get("error", resp.text)))
+    result = redeem_enrollment(server, enrollment_token, "bridge")
     try:
         _write_bridge_config(out_path, result["bridge_config"])
     except (OSError, PrintfleetError) as exc:
