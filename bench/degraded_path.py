@@ -46,13 +46,13 @@ from bumble.link import LocalLink
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.config import ControllerConfig, DataDir
-from cloud.runner import sample_receipt
 from cloud.service import ControllerService
 from phone_bridge.ble import DEFAULT_BYTES_PER_S, MAX_CHUNK
 from phone_bridge.bleak_bumble import BumbleRadio
 from phone_bridge.bridge import run_bridge
 from phone_bridge.config import parse_bridge_config
 from phone_bridge.virtual_printer import VirtualPrinter, VirtualPrinterConfig, public_key_b64
+from printfleet.runner import sample_receipt
 
 HOST = "kiosk-1"
 BRIDGE = "phone-1"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import serial
 
 from device_agent.printer import PrinterLink, PrintResult
-from printfleet.escpos.simulator import PrinterModel, PtyPrinter
-from printfleet.wire import PrinterSpec
+from kernel.sim.printer import PrinterModel, PtyPrinter
+from kernel.wire import PrinterSpec
 
 BUFFER = 4096
 JOB_BYTES = 48 * 1024

@@ -18,10 +18,10 @@ What this wrapper adds to amqtt (each fix is proven by tests/test_broker_embedde
   the retain flag) but not stored.
 * messages queued for an offline persistent session are delivered in order and without the retain
   flag (amqtt sets RETAIN=1 on them).
-* TLS listeners (:func:`printfleet.tls.server_context`, TLS 1.2 minimum), on port 0 like plain
+* TLS listeners (:func:`kernel.tls.server_context`, TLS 1.2 minimum), on port 0 like plain
   ones. With ``require_client_cert`` (mutual TLS) a client without a valid certificate from
   ``cafile`` fails the handshake, and one whose certificate identity
-  (:func:`printfleet.tls.peer_identity`) is not its username and client id gets CONNACK "not
+  (:func:`kernel.tls.peer_identity`) is not its username and client id gets CONNACK "not
   authorized"; the password is checked as well, mutual TLS adds to it.
 
 amqtt is pinned exactly (``amqtt==0.12.1``) because the subclass overrides its private methods.
@@ -55,7 +55,7 @@ from amqtt.mqtt.packet import CONNECT
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
-from printfleet import tls, wire
+from kernel import tls, wire
 
 from .plugins import (
     AccessPolicy,
@@ -109,7 +109,7 @@ class ListenerSpec:
         return self.certfile is not None
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The listener's server context (:func:`printfleet.tls.server_context`), or None for plain TCP."""
+        """The listener's server context (:func:`kernel.tls.server_context`), or None for plain TCP."""
         if self.certfile is None or self.keyfile is None:
             return None
         try:

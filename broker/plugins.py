@@ -1,6 +1,6 @@
 """Who may connect, and what each client may touch: credentials, the access policy, amqtt plugins.
 
-The policy is broker-agnostic: :class:`AccessPolicy` decides from :func:`printfleet.wire.access_rules`,
+The policy is broker-agnostic: :class:`AccessPolicy` decides from :func:`kernel.wire.access_rules`,
 the same rules :mod:`broker.mosquitto` writes into mosquitto's ACL file. The two amqtt plugins at the
 bottom only adapt it to amqtt's plugin interface.
 """
@@ -18,8 +18,8 @@ from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from printfleet import wire
-from printfleet.errors import PrintfleetError
+from kernel import wire
+from kernel.errors import PrintfleetError
 
 from .passwords import verify_password
 

@@ -33,7 +33,7 @@ from typing import IO, Any, Self
 
 import aiomqtt
 
-from printfleet import wire
+from kernel import wire
 
 from .embedded import DEFAULT_MAX_PACKET_BYTES
 from .mosquitto import MosquittoFiles, MosquittoTls, export_mosquitto

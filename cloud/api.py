@@ -23,7 +23,7 @@ from cloud.errors import ControllerError, NotFound
 from cloud.jobs import JobStore, Submission, job_view
 from cloud.models import ApiToken, Device
 from cloud.registry import PrinterInput, Registry, device_view, printer_view
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from cloud.errors import ControllerError
 from cloud.models import ApiToken
 from cloud.packages import MAX_UPLOAD_BYTES, PackageStore, package_view
 from cloud.rollouts import ArgsFactory, Rollouts
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 

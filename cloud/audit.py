@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud.models import AuditEvent
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.passwords import generate_secret, hash_password
 from cloud.errors import Conflict, ControllerError, NotFound
 from cloud.models import Device, Printer
-from phone_bridge.profiles import PROFILES, decode_public_key
-from printfleet import wire
+from kernel import wire
+from kernel.gatt import PROFILES, decode_public_key
 
 #: A BLE device address as bleak spells it: a MAC (Linux, Windows, Android) or a UUID (macOS/iOS).
 _ADDRESS_RE = re.compile(

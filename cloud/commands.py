@@ -18,7 +18,7 @@ from sqlalchemy.orm import selectinload
 from cloud.errors import ControllerError, NotFound
 from cloud.feed import Feed
 from cloud.models import Command, CommandEvent, Device
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 C = wire.CommandState

@@ -28,7 +28,7 @@ from cloud.models import Command, Job
 from cloud.presence import Presence, PresenceChange
 from cloud.registry import Registry
 from cloud.routing import RETRY_LATER, Router, RoutingConfig
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from printfleet.errors import PrintfleetError
+from kernel.errors import PrintfleetError
 
 
 class ControllerError(PrintfleetError):

@@ -24,10 +24,10 @@ from sqlalchemy.orm import selectinload
 from cloud.errors import Conflict, ControllerError, NotFound
 from cloud.feed import Feed
 from cloud.models import Device, Job, JobEvent, Printer
-from printfleet import wire
-from printfleet.escpos.document import DocumentError, parse_document, text_document
-from printfleet.escpos.profiles import get_profile
-from printfleet.escpos.render import render, render_raw
+from cloud.render.document import DocumentError, parse_document, text_document
+from cloud.render.escpos import render, render_raw
+from kernel import wire
+from kernel.escpos.profiles import get_profile
 
 log = logging.getLogger(__name__)
 

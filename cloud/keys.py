@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.config import DataDir, write_private
 from cloud.errors import ControllerError, NotFound
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 

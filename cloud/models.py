@@ -1,6 +1,6 @@
 """SQLAlchemy 2 models of the controller's registry and job store.
 
-Times are integer milliseconds of the controller's clock (``printfleet.wire.now_ms``): they sort,
+Times are integer milliseconds of the controller's clock (``kernel.wire.now_ms``): they sort,
 they compare with the expiry and lease fields that travel on the wire, and they need no timezone.
 """
 

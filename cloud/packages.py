@@ -2,7 +2,7 @@
 
 A package is stored once under its sha256 (``DATA_DIR/packages/<sha256>.whl`` and a small JSON of
 facts beside it), after its bytes were checked against the sha256 the operator gave and the
-wheel itself was checked (:mod:`printfleet.wheel`). Agents have no API token: an ``update``
+wheel itself was checked (:mod:`kernel.wheel`). Agents have no API token: an ``update``
 command carries a download URL with a *grant*, an HMAC (by a key only the controller holds) of
 the sha256 and an expiry, so only whoever received that signed command can fetch the package,
 and only until the command could still run.
@@ -22,8 +22,8 @@ from typing import Any
 
 from cloud.config import write_private
 from cloud.errors import ControllerError, NotFound
-from printfleet import wire
-from printfleet.wheel import WheelError, read_wheel, wheel_filename
+from kernel import wire
+from kernel.wheel import WheelError, read_wheel, wheel_filename
 
 log = logging.getLogger(__name__)
 

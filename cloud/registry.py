@@ -18,8 +18,8 @@ from broker import Credential
 from broker.passwords import generate_secret, hash_password, verify_password
 from cloud.errors import Conflict, ControllerError, NotFound
 from cloud.models import ApiToken, Device, EnrollmentToken, Printer, Setting
-from printfleet import wire
-from printfleet.escpos.profiles import PROFILE_NAMES, get_profile
+from kernel import wire
+from kernel.escpos.profiles import PROFILE_NAMES, get_profile
 
 log = logging.getLogger(__name__)
 

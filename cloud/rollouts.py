@@ -35,7 +35,7 @@ from cloud.commands import CommandStore
 from cloud.errors import ControllerError, NotFound
 from cloud.feed import Feed
 from cloud.models import Command, Device, Rollout
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 C = wire.CommandState

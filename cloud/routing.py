@@ -7,7 +7,7 @@ bridge it came from (its ``origin``), then any online bridge registered near the
 One executor at a time. The rules, each enforced by a compare-and-set in the database:
 
 * An executor (agent or bridge) writes no byte of a job before the controller granted its
-  :class:`~printfleet.wire.JobClaim`. A claim is granted only while the job is routed to that
+  :class:`~kernel.wire.JobClaim`. A claim is granted only while the job is routed to that
   executor; once granted (``claimed_at``) the job is never rerouted: if its executor goes away
   mid-job the job ends ``unknown`` (surfaced, never reprinted silently).
 * An unclaimed job is rerouted only if its agent never acknowledged it (``dispatched``) or the
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud.jobs import JobStore
 from cloud.models import Device, Job, JobEvent, Printer
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 

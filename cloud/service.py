@@ -32,7 +32,7 @@ from cloud.packages import PackageStore
 from cloud.presence import Presence
 from cloud.registry import DbCredentials, Registry
 from cloud.rollouts import Rollouts
-from printfleet import __version__, tls, wire
+from kernel import __version__, tls, wire
 
 log = logging.getLogger(__name__)
 

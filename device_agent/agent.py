@@ -21,7 +21,7 @@ from device_agent.journal import Journal, JournalJob
 from device_agent.maintenance import CommandRejected, Executor, HostCommands, LogBuffer
 from device_agent.update import updater_for
 from device_agent.worker import PortFactory, PrinterWorker
-from printfleet import __version__, tls, wire
+from kernel import __version__, tls, wire
 
 log = logging.getLogger(__name__)
 S = wire.JobState

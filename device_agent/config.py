@@ -13,42 +13,13 @@ from urllib.parse import urlsplit
 import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from printfleet import wire
-from printfleet.errors import PrintfleetError
+from kernel import wire
+from kernel.config import BrokerAddress, TlsSettings, dump_config, parse_tls, write_secret_file
+from kernel.errors import ConfigError, PrintfleetError
 
 
 class AgentError(PrintfleetError):
     """Configuration or runtime failure of the device agent."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise AgentError(f"invalid broker URL {url!r}: expected mqtt://HOST:PORT")
-        try:
-            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        except ValueError as exc:
-            raise AgentError(f"invalid port in broker URL {url!r}") from exc
-        return cls(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TlsSettings:
-    """The fleet's CA (always) and, for mutual TLS, this device's certificate and key, as PEM text."""
-
-    ca_pem: str
-    cert_pem: str | None = None
-    key_pem: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +87,10 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
     urls = mqtt.get("urls")
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
         raise AgentError("agent config: [mqtt] urls must be a non-empty list of mqtt:// URLs")
-    brokers = tuple(BrokerAddress.parse(u) for u in urls)
+    try:
+        brokers = tuple(BrokerAddress.parse(u) for u in urls)
+    except ConfigError as exc:
+        raise AgentError(f"agent config: {exc}") from exc
     username = _str(mqtt, "username", "mqtt")
     if username != wire.Peer(role=wire.Role.DEVICE, name=name).client_id:
         raise AgentError(f"agent config: [mqtt] username must be 'dev-{name}'")
@@ -174,7 +148,10 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
             printers.append(wire.validate_model(wire.PrinterSpec, p, f"printers[{i}]"))
         except wire.WireError as exc:
             raise AgentError(f"agent config: {exc}") from exc
-    tls = _parse_tls(data.get("tls"), base_dir)
+    try:
+        tls = parse_tls(data.get("tls"), base_dir, label="agent config")
+    except ConfigError as exc:
+        raise AgentError(str(exc)) from exc
     if any(b.tls for b in brokers) and tls is None:
         raise AgentError(
             "agent config: mqtts:// brokers need a [tls] section with the fleet's CA (ca or ca_pem)"
@@ -208,47 +185,6 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
     )
 
 
-def _pem(sec: Mapping[str, Any], name: str, base_dir: Path | None, marker: str) -> str | None:
-    """A PEM given inline (``<name>_pem``) or as a file path (``<name>``)."""
-    inline, path = sec.get(f"{name}_pem"), sec.get(name)
-    if inline is not None and path is not None:
-        raise AgentError(f"agent config: [tls] give {name} or {name}_pem, not both")
-    if path is not None:
-        if not isinstance(path, str) or not path:
-            raise AgentError(f"agent config: [tls] {name} must be a file path")
-        file = Path(path).expanduser()
-        if not file.is_absolute() and base_dir is not None:
-            file = base_dir / file
-        try:
-            inline = file.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AgentError(f"agent config: [tls] cannot read {name} file {file}: {exc}") from exc
-    if inline is None:
-        return None
-    if not isinstance(inline, str) or marker not in inline:
-        raise AgentError(f"agent config: [tls] {name} is not a PEM {marker.lower()}")
-    return inline
-
-
-def _parse_tls(sec: Any, base_dir: Path | None) -> TlsSettings | None:
-    if sec is None:
-        return None
-    if not isinstance(sec, Mapping):
-        raise AgentError("agent config: [tls] must be a table")
-    ca = _pem(sec, "ca", base_dir, "CERTIFICATE")
-    if ca is None:
-        raise AgentError("agent config: [tls] needs the fleet's CA (ca or ca_pem)")
-    cert = _pem(sec, "cert", base_dir, "CERTIFICATE")
-    key = _pem(sec, "key", base_dir, "PRIVATE KEY")
-    if (cert is None) != (key is None):
-        raise AgentError("agent config: [tls] a client certificate needs its key, and the other way round")
-    return TlsSettings(ca_pem=ca, cert_pem=cert, key_pem=key)
-
-
-#: The [tls] section parser, shared with the phone bridge's config (the same section).
-parse_tls = _parse_tls
-
-
 def load_config(path: Path) -> AgentConfig:
     try:
         raw = path.read_bytes()
@@ -264,42 +200,8 @@ def load_config(path: Path) -> AgentConfig:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def dump_config(data: Mapping[str, Any]) -> str:
-    """A small TOML writer for the agent config shape (tables of scalars and arrays of tables)."""
-    lines = [
-        "# printfleet device agent configuration. Keep it secret: it holds the device's credentials.",
-        "",
-    ]
-    for section, body in data.items():
-        if isinstance(body, list):
-            for item in body:
-                lines.append(f"[[{section}]]")
-                lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
-                lines.append("")
-            continue
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
-        lines.append("")
-    return "\n".join(lines)
-
-
 def write_config(path: Path, data: Mapping[str, Any]) -> None:
-    text = dump_config(data)
-    parse_config(tomllib.loads(text), base_dir=path.parent)  # never write a config the agent would refuse
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    """Write an agent config (0600: it holds the device's credentials); never one the agent would refuse."""
+    text = dump_config(data, what="device agent")
+    parse_config(tomllib.loads(text), base_dir=path.parent)
+    write_secret_file(path, text)

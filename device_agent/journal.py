@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from printfleet import wire
+from kernel import wire
 
 T = TypeVar("T")
 S = wire.JobState

@@ -27,8 +27,8 @@ from pathlib import Path
 from device_agent.config import AgentConfig
 from device_agent.update import versions_dir
 from device_agent.versions import Boot, VersionStore
-from printfleet import wire
-from printfleet.signals import wait_for_signal
+from kernel import wire
+from kernel.signals import wait_for_signal
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from device_agent.printer import JobPhase, JobProgress, PrinterLink, PrintOutcome
-from printfleet import wire
-from printfleet.escpos.profiles import PROFILE_NAMES, get_profile
-from printfleet.escpos.status import to_health
+from kernel import wire
+from kernel.escpos.profiles import PROFILE_NAMES, get_profile
+from kernel.escpos.status import to_health
 
 
 class LinkPort:

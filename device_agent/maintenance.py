@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from device_agent.journal import Journal
 from device_agent.update import UpdateFailed, Updater, UpdateRefused
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 C = wire.CommandState

@@ -2,11 +2,11 @@
 
 :class:`PrinterLink` opens the printer with pyserial's ``serial_for_url`` (a device or pty path,
 ``socket://host:port``, ``loop://``), runs every blocking pyserial call in a worker thread, and
-classifies what the printer sends back with :class:`printfleet.escpos.status.InboundParser`.
+classifies what the printer sends back with :class:`kernel.escpos.status.InboundParser`.
 
 Printing is paced, never fire-and-forget (a 48 KB job written in one go loses a third of its bytes
 to the printer's buffer overflowing): the job is split at command boundaries
-(:func:`printfleet.escpos.segment.chunks`), each chunk is followed by ``GS r 1``, and at most
+(:func:`kernel.escpos.segment.chunks`), each chunk is followed by ``GS r 1``, and at most
 ``spec.window`` of those barriers are unanswered at a time. A GS r reply means everything before it
 has been processed, so the last one confirms the job. When a barrier is late the link asks the
 printer (DLE EOT) why: a fault (paper out, cover open, offline, error) makes the job *held*; the
@@ -45,9 +45,9 @@ from typing import Any, Final, Self
 
 import serial
 
-from printfleet.errors import PrintfleetError
-from printfleet.escpos import segment
-from printfleet.escpos.status import (
+from kernel.errors import PrintfleetError
+from kernel.escpos import segment
+from kernel.escpos.status import (
     AsbBlock,
     BlockReply,
     Event,
@@ -61,7 +61,7 @@ from printfleet.escpos.status import (
     decode_status,
     to_health,
 )
-from printfleet.wire import PrinterHealth, PrinterSpec, now_ms
+from kernel.wire import PrinterHealth, PrinterSpec, now_ms
 
 log = logging.getLogger(__name__)
 

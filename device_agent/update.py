@@ -27,8 +27,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from device_agent.versions import VersionError, VersionStore
-from printfleet import wire
-from printfleet.wheel import WheelError, read_wheel
+from kernel import wire
+from kernel.wheel import WheelError, read_wheel
 
 log = logging.getLogger(__name__)
 C = wire.CommandState

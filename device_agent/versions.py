@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from printfleet.errors import PrintfleetError
-from printfleet.wheel import WheelError, read_wheel
+from kernel.errors import PrintfleetError
+from kernel.wheel import WheelError, read_wheel
 
 log = logging.getLogger(__name__)
 

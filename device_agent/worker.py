@@ -21,7 +21,7 @@ from typing import Protocol
 
 from device_agent.journal import Journal, JournalJob
 from device_agent.printer import PrintOutcome, PrintResult
-from printfleet import wire
+from kernel import wire
 
 log = logging.getLogger(__name__)
 S = wire.JobState

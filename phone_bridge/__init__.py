@@ -2,7 +2,7 @@
 
 Public API so far (the BLE test backend spike; see docs/ble.md):
 
-* :mod:`phone_bridge.profiles` (pure data, no I/O): :data:`PROFILES` in the order the bridge tries
+* :mod:`kernel.gatt` (pure data, no I/O): :data:`PROFILES` in the order the bridge tries
   them, :func:`resolve_profile` (with the fallback rule), the identity challenge
   (:data:`IDENTITY_SERVICE_UUID`, :func:`identity_message`, :func:`verify_identity`).
 * :mod:`phone_bridge.bleak_bumble`: :class:`BumbleRadio`, a bleak backend over bumble
@@ -26,6 +26,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kernel.gatt import (
+    IDENTITY_NONCE_UUID,
+    IDENTITY_SERVICE_UUID,
+    IDENTITY_SIGNATURE_UUID,
+    PROFILES,
+    GattProfile,
+    PrintChannel,
+    identity_message,
+    resolve_profile,
+    verify_identity,
+)
 from phone_bridge.ble import (
     Backend,
     BackendSpec,
@@ -46,17 +57,6 @@ from phone_bridge.ble import (
     WriteFailed,
     WriteResult,
     open_backend,
-)
-from phone_bridge.profiles import (
-    IDENTITY_NONCE_UUID,
-    IDENTITY_SERVICE_UUID,
-    IDENTITY_SIGNATURE_UUID,
-    PROFILES,
-    GattProfile,
-    PrintChannel,
-    identity_message,
-    resolve_profile,
-    verify_identity,
 )
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ Public API:
 
 * :class:`PrinterTarget` (frozen, validated): the printer's printfleet name and unique id, how to
   find it (``ble_address``, else ``ble_name``: macOS and iOS hide addresses), a preferred GATT
-  profile (a name from :data:`~phone_bridge.profiles.PROFILES`), its Ed25519 public key (base64)
+  profile (a name from :data:`~kernel.gatt.PROFILES`), its Ed25519 public key (base64)
   and the identity policy: ``"required"``, ``"preferred"`` or ``"off"``.
 * :class:`BackendSpec` (``BackendSpec.parse("bleak" | "bumble:<HCI transport spec>")``) and
   :func:`open_backend`, an async context manager giving a :class:`Backend`: the scanner and client
@@ -21,7 +21,7 @@ Public API:
   (by address, else by name, preferring a device that advertises a print service), connects with
   retries (a fresh scan before each, jittered exponential :class:`Backoff` between), discovers the
   services, resolves the print channel (``target.ble_profile`` when the printer has it, else the
-  order of :data:`~phone_bridge.profiles.PROFILES` and the fallback rule) and runs the identity
+  order of :data:`~kernel.gatt.PROFILES` and the fallback rule) and runs the identity
   challenge as the policy says. Then :attr:`~PrinterConnection.identity` is an
   :class:`IdentityOutcome`, and :meth:`~PrinterConnection.write` prints.
 * :class:`Pacing` (bytes/s ceiling, barrier every N chunks, gap between chunks), :class:`WriteResult`,
@@ -80,6 +80,21 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakBluetoothNotAvailableError, BleakError, BleakGATTProtocolError
 
+from kernel.gatt import (
+    IDENTITY_NONCE_UUID,
+    IDENTITY_SERVICE_UUID,
+    IDENTITY_SIGNATURE_UUID,
+    MAX_UNIQUE_ID_BYTES,
+    NONCE_SIZE,
+    PROFILES,
+    PROFILES_BY_NAME,
+    PrintChannel,
+    decode_public_key,
+    normalize_uuid,
+    resolve_profile,
+    uuid16,
+    verify_identity,
+)
 from phone_bridge.ble_backend import Backend, BackendKind, BackendSpec, RadioLike, open_backend
 from phone_bridge.ble_errors import (
     BackendUnavailable,
@@ -101,21 +116,6 @@ from phone_bridge.ble_pacing import (
     Pacing,
     WriteResult,
     plan_chunks,
-)
-from phone_bridge.profiles import (
-    IDENTITY_NONCE_UUID,
-    IDENTITY_SERVICE_UUID,
-    IDENTITY_SIGNATURE_UUID,
-    MAX_UNIQUE_ID_BYTES,
-    NONCE_SIZE,
-    PROFILES,
-    PROFILES_BY_NAME,
-    PrintChannel,
-    decode_public_key,
-    normalize_uuid,
-    resolve_profile,
-    uuid16,
-    verify_identity,
 )
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class PrinterTarget:
     ble_name: str | None = None
     """Find by advertised name (plus print service) when no address is given (macOS/iOS hide them)."""
     ble_profile: str | None = None
-    """A name from :data:`~phone_bridge.profiles.PROFILES` to prefer; ``None``: the order and the fallback."""
+    """A name from :data:`~kernel.gatt.PROFILES` to prefer; ``None``: the order and the fallback."""
     public_key: str | None = None
     """The printer's Ed25519 public key, base64 of the raw 32 bytes."""
     identity: IdentityPolicy = "preferred"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from printfleet.errors import PrintfleetError
+from kernel.errors import PrintfleetError
 
 
 class BleError(PrintfleetError):

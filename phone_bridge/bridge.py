@@ -38,6 +38,8 @@ from typing import Any
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from kernel import __version__, tls, wire
+from kernel.errors import PrintfleetError
 from phone_bridge.ble import (
     Backend,
     BleError,
@@ -48,8 +50,6 @@ from phone_bridge.ble import (
     open_backend,
 )
 from phone_bridge.config import BridgeConfig
-from printfleet import __version__, tls, wire
-from printfleet.errors import PrintfleetError
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device_agent.config import BrokerAddress, TlsSettings, dump_config, parse_tls
-from printfleet import wire
-from printfleet.errors import PrintfleetError
+from kernel import wire
+from kernel.config import BrokerAddress, TlsSettings, dump_config, parse_tls
+from kernel.errors import ConfigError, PrintfleetError
 
 
 class BridgeConfigError(PrintfleetError):
@@ -87,7 +87,7 @@ def parse_bridge_config(data: Mapping[str, Any], *, base_dir: Path | None = None
         raise BridgeConfigError("bridge config: [mqtt] urls must be a non-empty list of mqtt:// URLs")
     try:
         brokers = tuple(BrokerAddress.parse(u) for u in urls)
-    except PrintfleetError as exc:
+    except ConfigError as exc:
         raise BridgeConfigError(f"bridge config: {exc}") from exc
     username = _text(mqtt, "username", "mqtt")
     if username != peer.client_id:
@@ -111,9 +111,9 @@ def parse_bridge_config(data: Mapping[str, Any], *, base_dir: Path | None = None
     except wire.WireError as exc:
         raise BridgeConfigError(f"bridge config: [controller] public_keys: {exc}") from exc
     try:
-        tls = parse_tls(data.get("tls"), base_dir)
-    except PrintfleetError as exc:
-        raise BridgeConfigError(str(exc).replace("agent config", "bridge config")) from exc
+        tls = parse_tls(data.get("tls"), base_dir, label="bridge config")
+    except ConfigError as exc:
+        raise BridgeConfigError(str(exc)) from exc
     if any(b.tls for b in brokers) and tls is None:
         raise BridgeConfigError("bridge config: mqtts:// brokers need a [tls] section with the fleet's CA")
     return BridgeConfig(
@@ -145,7 +145,7 @@ def load_bridge_config(path: Path) -> BridgeConfig:
 
 def write_bridge_config(path: Path, data: Mapping[str, Any]) -> None:
     """Write a bridge config (0600: it holds the bridge's credentials); never one it would refuse."""
-    text = dump_config(data).replace("device agent configuration", "phone bridge configuration", 1)
+    text = dump_config(data, what="phone bridge")
     parse_bridge_config(tomllib.loads(text), base_dir=path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,9 +1,9 @@
 """A virtual BLE ESC/POS printer on bumble's real Bluetooth host stack, for tests and demos.
 
 * :class:`VirtualPrinter` is a bumble ``Device`` with a GATT server: it advertises a printer name and
-  one of :data:`~phone_bridge.profiles.PROFILES`, takes print data on the profile's write
+  one of :data:`~kernel.gatt.PROFILES`, takes print data on the profile's write
   characteristic (write request and write command both), keeps it in a small receive buffer that
-  drops overflow (counted), prints it into a :class:`~printfleet.escpos.simulator.PrinterModel` at a
+  drops overflow (counted), prints it into a :class:`~kernel.sim.printer.PrinterModel` at a
   slow drain rate, notifies status bytes (DLE EOT replies, ASB) on the notify characteristic, can
   disconnect after N bytes, and answers the printfleet identity challenge with its Ed25519 key
   (or, as an impostor, with the wrong key or not at all).
@@ -45,7 +45,7 @@ from bumble.transport.common import AsyncPipeSink, StreamPacketSink, StreamPacke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from phone_bridge.profiles import (
+from kernel.gatt import (
     IDENTITY_NONCE_UUID,
     IDENTITY_SERVICE_UUID,
     IDENTITY_SIGNATURE_UUID,
@@ -55,7 +55,7 @@ from phone_bridge.profiles import (
     GattProfile,
     identity_message,
 )
-from printfleet.escpos.simulator import Overflow, PrinterModel, Receipt
+from kernel.sim.printer import Overflow, PrinterModel, Receipt
 
 log = logging.getLogger(__name__)
 

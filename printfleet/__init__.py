@@ -1,8 +1,12 @@
-"""printfleet: a self-hostable cloud-print fleet for ESC/POS receipt and ticket printers.
+"""printfleet's composition layer: the ``printfleet`` command line, ``printfleet up`` and the demos.
 
-This package holds what every side shares: the wire contract (:mod:`printfleet.wire`), ESC/POS
-encoding, status parsing and the simulated printer (:mod:`printfleet.escpos`), and the
-``printfleet`` command line (:mod:`printfleet.cli`).
+It wires the parts together (``broker``, ``cloud``, ``device_agent``, ``phone_bridge``, on the
+``kernel``) and nothing imports it. ``python -m printfleet agent run`` is what hosts' launchers start,
+so the agent's commands import only the kernel and ``device_agent``.
+
+May import: every package. Imported by: nothing (tests aside).
 """
 
-__version__ = "0.1.0"
+from kernel import __version__
+
+__all__ = ["__version__"]

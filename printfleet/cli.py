@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kernel.errors import PrintfleetError
 from printfleet.cli_update import register_agent_version_commands, register_update_commands
 from printfleet.client import ApiClient, ClientError, resolve_target
-from printfleet.errors import PrintfleetError
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="printfleet: a cloud-print fleet for ESC/POS printers."
@@ -171,7 +171,7 @@ def up(
             mosquitto_reload=mosquitto_reload,
             payload_retention_s=payload_retention_hours * 3600,
         )
-        from cloud.runner import serve
+        from printfleet.runner import serve
 
         asyncio.run(serve(config, demo=demo, console=out))
     except PrintfleetError as exc:
@@ -192,7 +192,7 @@ def demo_cmd(
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 60.0,
 ) -> None:
     """Print a sample receipt through the whole real path and show it; exit 0 only if it printed."""
-    from cloud.runner import run_degraded_demo, run_demo
+    from printfleet.runner import run_degraded_demo, run_demo
 
     _setup_logging(logging.WARNING)
     run = run_degraded_demo if degraded else run_demo
@@ -377,7 +377,7 @@ def _wait(client: ApiClient, job_id: str, timeout: float | None) -> dict[str, An
         job: dict[str, Any] = client.request(
             "GET", f"/v1/jobs/{job_id}/wait", params={"timeout": slice_s}, timeout=slice_s + 10
         )
-        from printfleet.wire import JobState
+        from kernel.wire import JobState
 
         if JobState(job["state"]).terminal or (deadline is not None and time.monotonic() >= deadline):
             return job
@@ -569,7 +569,7 @@ def agent_run(
 
 
 async def _run_until_signal(coro: Any) -> None:
-    from printfleet.signals import wait_for_signal
+    from kernel.signals import wait_for_signal
 
     task = asyncio.create_task(coro, name="main")
     sig = asyncio.create_task(wait_for_signal(), name="signals")
@@ -976,7 +976,7 @@ def broker_run(
     mqtt_bind: Annotated[str, typer.Option(help="Listen address HOST:PORT.")] = "127.0.0.1:1883",
 ) -> None:
     """Run the embedded broker alone, with the registered credentials and ACLs."""
-    from cloud.runner import serve_broker
+    from printfleet.runner import serve_broker
 
     _setup_logging(logging.INFO)
     try:
@@ -995,7 +995,7 @@ def broker_export(
     ] = "127.0.0.1:1883",
 ) -> None:
     """Write broker configuration (password and ACL files) for every registered device."""
-    from cloud.runner import export_broker
+    from printfleet.runner import export_broker
 
     if fmt != "mosquitto":
         fail(f"unknown format {fmt!r}: only 'mosquitto' is supported", 2)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from kernel.errors import PrintfleetError
 from printfleet.cli import (
     _run_until_signal,
     _setup_logging,
@@ -22,7 +23,6 @@ from printfleet.cli import (
     printers_app,
     redeem_enrollment,
 )
-from printfleet.errors import PrintfleetError
 
 bridge_app = typer.Typer(
     no_args_is_help=True, help="Phone bridges: print over Bluetooth LE when a printer's cloud path fails."

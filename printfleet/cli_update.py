@@ -316,8 +316,8 @@ def register_agent_version_commands(agent_app: typer.Typer) -> None:
         from device_agent.config import load_config
         from device_agent.update import versions_dir
         from device_agent.versions import VersionStore
+        from kernel.errors import PrintfleetError
         from printfleet import __version__, cli
-        from printfleet.errors import PrintfleetError
 
         try:
             store = VersionStore(versions_dir(load_config(config).state_dir))

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from printfleet.errors import PrintfleetError
+from kernel.errors import PrintfleetError
 
 ENV_SERVER = "PRINTFLEET_SERVER"
 ENV_TOKEN = "PRINTFLEET_TOKEN"

@@ -49,7 +49,7 @@ import httpx
 
 from broker.testing import MosquittoProcess, free_port
 from device_agent.config import load_config, write_config
-from printfleet.escpos.simulator import PtyPrinter
+from kernel.sim.printer import PtyPrinter
 
 BrokerKind = Literal["embedded", "mosquitto"]
 DEVICE = "chaos-1"

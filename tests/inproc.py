@@ -26,7 +26,7 @@ from device_agent.config import AgentConfig, parse_config
 from device_agent.printer import PrintOutcome
 from device_agent.update import versions_dir
 from device_agent.versions import VersionStore
-from printfleet import __version__, wire
+from kernel import __version__, wire
 from tests.fleet import Fleet
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from device_agent.config import AgentError, dump_config, load_config, parse_config, write_config
-from printfleet import wire
+from kernel import wire
 
 KEY = wire.SigningKey.generate().public_b64()
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from printfleet import wire
-from printfleet.escpos.simulator import PtyPrinter
+from kernel import wire
+from kernel.sim.printer import PtyPrinter
 from tests.fleet import Fleet
 
 

@@ -26,8 +26,7 @@ from bleak.exc import BleakError, BleakGATTProtocolError, BleakGATTProtocolError
 from bumble.link import LocalLink
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from phone_bridge.bleak_bumble import BumbleRadio
-from phone_bridge.profiles import (
+from kernel.gatt import (
     IDENTITY_DOMAIN,
     IDENTITY_NONCE_UUID,
     IDENTITY_SERVICE_UUID,
@@ -40,6 +39,7 @@ from phone_bridge.profiles import (
     uuid16,
     verify_identity,
 )
+from phone_bridge.bleak_bumble import BumbleRadio
 from phone_bridge.virtual_printer import Impostor, VirtualPrinter, VirtualPrinterConfig, public_key_b64
 
 DRAIN = 8000.0  # the virtual printer's print speed, bytes/s

@@ -29,6 +29,7 @@ from bumble.link import LocalLink
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from kernel.gatt import IDENTITY_NONCE_UUID, PROFILES, GattProfile, resolve_profile
 from phone_bridge.ble import (
     MAX_CHUNK,
     TRANSITIONS,
@@ -57,7 +58,6 @@ from phone_bridge.ble import (
     plan_chunks,
 )
 from phone_bridge.bleak_bumble import BumbleRadio
-from phone_bridge.profiles import IDENTITY_NONCE_UUID, PROFILES, GattProfile, resolve_profile
 from phone_bridge.virtual_printer import (
     Impostor,
     VirtualPrinter,

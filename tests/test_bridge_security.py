@@ -36,11 +36,11 @@ from broker.testing import (
 from cloud import db
 from cloud.models import EnrollmentToken
 from device_agent.config import load_config
+from kernel import tls, wire
+from kernel.sim.printer import PtyPrinter
+from kernel.wire import Channel, Peer, Role
 from phone_bridge.bridge import open_bridge
 from phone_bridge.config import BridgeConfig, load_bridge_config
-from printfleet import tls, wire
-from printfleet.escpos.simulator import PtyPrinter
-from printfleet.wire import Channel, Peer, Role
 from tests.bridgekit import ble_printer, ble_rig, running_bridge, wait_bridge_online, wait_job
 from tests.fleet import Fleet, running_fleet
 

@@ -24,8 +24,8 @@ import pytest
 
 from broker import BrokerError, BrokerState, EmbeddedBroker, ListenerSpec, StaticCredentials
 from broker.testing import Account, MessageLog, MosquittoProcess, make_account, mosquitto_available
-from printfleet import wire
-from printfleet.wire import Channel, Peer, Role
+from kernel import wire
+from kernel.wire import Channel, Peer, Role
 
 DOWN, UP, PRESENCE = Channel.DOWN, Channel.UP, Channel.PRESENCE
 MAX_PACKET = 64 * 1024

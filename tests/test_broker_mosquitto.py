@@ -16,8 +16,8 @@ import pytest
 
 from broker import BrokerError, Credential, export_mosquitto, hash_password, verify_password
 from broker.testing import MessageLog, MosquittoProcess, make_account, mosquitto_available
-from printfleet import wire
-from printfleet.wire import Channel, Peer, Role
+from kernel import wire
+from kernel.wire import Channel, Peer, Role
 
 CTL = make_account(Peer(role=Role.CONTROLLER, name="main"))
 DEV_A = make_account(Peer(role=Role.DEVICE, name="a"))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from device_agent.journal import Journal
-from printfleet import wire
+from kernel import wire
 from tests.chaos import (
     ChaosConfig,
     JobOutcome,

@@ -13,8 +13,8 @@ import pytest
 
 from broker.testing import free_port
 from device_agent.config import load_config
-from printfleet import wire
-from printfleet.escpos.simulator import PtyPrinter
+from kernel import wire
+from kernel.sim.printer import PtyPrinter
 from tests.conftest import require_mosquitto
 from tests.fleet import Fleet
 

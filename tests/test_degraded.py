@@ -20,8 +20,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from kernel.sim.printer import PtyPrinter
 from phone_bridge.virtual_printer import Impostor, public_key_b64
-from printfleet.escpos.simulator import PtyPrinter
 from tests.bridgekit import ble_printer, ble_rig, running_bridge, submit, wait_bridge_online, wait_job
 from tests.fleet import AgentProcess, Fleet, running_fleet
 from tests.latency_proxy import LatencyProxy

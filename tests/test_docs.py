@@ -14,7 +14,7 @@ import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from typer.testing import CliRunner
 
-from printfleet import wire
+from kernel import wire
 from printfleet.cli import app
 
 REPO = Path(__file__).resolve().parent.parent

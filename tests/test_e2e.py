@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
-from printfleet.escpos.simulator import PtyPrinter
+from kernel.sim.printer import PtyPrinter
 from tests.fleet import Fleet
 
 
@@ -60,7 +60,7 @@ async def test_agent_restart_and_late_will(embedded_fleet: Fleet) -> None:
     import aiomqtt
 
     from device_agent.config import load_config
-    from printfleet import wire
+    from kernel import wire
 
     fleet = embedded_fleet
     async with PtyPrinter() as printer:

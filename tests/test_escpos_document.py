@@ -16,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
-from printfleet.errors import PrintfleetError
-from printfleet.escpos.document import (
+from cloud.render.document import (
     ITEM_TYPE_NAMES,
     MAX_DOCUMENT_BYTES,
     MAX_ITEMS,
@@ -39,8 +38,9 @@ from printfleet.escpos.document import (
     parse_document,
     text_document,
 )
-from printfleet.escpos.profiles import PROFILE_NAMES, PrinterProfile, get_profile
-from printfleet.escpos.render import render
+from cloud.render.escpos import render
+from kernel.errors import PrintfleetError
+from kernel.escpos.profiles import PROFILE_NAMES, PrinterProfile, get_profile
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "documents.md"
 PRE = b"\x1b\x40\x1b\x74\x13"  # ESC @, ESC t 19

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from printfleet.escpos.document import (
+from cloud.render.document import (
     BarcodeItem,
     BuzzerItem,
     ColumnsItem,
@@ -36,9 +36,9 @@ from printfleet.escpos.document import (
     parse_document,
     text_document,
 )
-from printfleet.escpos.profiles import PROFILE_NAMES, PrinterProfile, get_profile
-from printfleet.escpos.render import render, render_raw
-from printfleet.wire import MAX_JOB_BYTES
+from cloud.render.escpos import render, render_raw
+from kernel.escpos.profiles import PROFILE_NAMES, PrinterProfile, get_profile
+from kernel.wire import MAX_JOB_BYTES
 
 G80 = get_profile("generic-80")  # 576 dots, 48 columns, cutter, drawer, buzzer, native QR
 G58 = get_profile("generic-58")  # 384 dots, 32 columns, no cutter, no drawer, no buzzer
@@ -437,7 +437,7 @@ def test_importing_the_renderer_leaves_logging_alone_and_python_escpos_unloaded(
     code = (
         "import logging, sys\n"
         "before = list(logging.getLogger().handlers), logging.getLogger().level\n"
-        "import printfleet.escpos.render, printfleet.escpos.profiles, printfleet.escpos.document\n"
+        "import cloud.render.escpos, kernel.escpos.profiles, cloud.render.document\n"
         "assert (list(logging.getLogger().handlers), logging.getLogger().level) == before\n"
         "assert 'escpos' not in sys.modules, 'python-escpos was imported'\n"
     )

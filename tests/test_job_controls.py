@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.config import write_config
-from printfleet.escpos.simulator import PtyPrinter
+from kernel.sim.printer import PtyPrinter
 from tests.fleet import Fleet, running_fleet
 
 

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from cloud.jobs import allowed
-from printfleet.wire import JobState as S
+from kernel.wire import JobState as S
 
 FORWARD = [S.QUEUED, S.DISPATCHED, S.DELIVERED, S.PRINTING, S.PRINTED]
 

@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 from device_agent.journal import Journal
-from printfleet import wire
+from kernel import wire
 
 S = wire.JobState
 

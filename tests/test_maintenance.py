@@ -9,7 +9,7 @@ import tomllib
 from typing import Any
 
 from device_agent.config import write_config
-from printfleet.escpos.simulator import PtyPrinter
+from kernel.sim.printer import PtyPrinter
 from tests.fleet import Fleet
 
 

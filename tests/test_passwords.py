@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from broker import generate_secret, hash_password, verify_password
 from broker.testing import MosquittoProcess, make_account, mosquitto_available
-from printfleet import wire
+from kernel import wire
 
 HASH_RE = re.compile(r"^\$7\$(\d+)\$([A-Za-z0-9+/]{16})\$([A-Za-z0-9+/]{86}==)$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from printfleet.escpos.simulator import PtyPrinter
+from kernel.sim.printer import PtyPrinter
 from tests.fleet import Fleet
 
 KEEPALIVE = 4

@@ -11,8 +11,8 @@ import pytest
 import serial
 
 from device_agent.printer import JobPhase, JobProgress, LinkState, PrinterLink, PrinterLinkError, PrintResult
-from printfleet.escpos.simulator import PrinterModel, PtyPrinter, TcpPrinter
-from printfleet.wire import PrinterSpec
+from kernel.sim.printer import PrinterModel, PtyPrinter, TcpPrinter
+from kernel.wire import PrinterSpec
 
 DRAIN = 20_000  # bytes/s: a slow printer
 CUT = b"\x1dV\x00"

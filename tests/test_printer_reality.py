@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from device_agent.config import load_config, write_config
-from printfleet.escpos.simulator import PrinterModel, PtyPrinter
-from printfleet.escpos.status import ErrorKind
+from kernel.escpos.status import ErrorKind
+from kernel.sim.printer import PrinterModel, PtyPrinter
 from tests.fleet import Fleet
 
 Json = Any

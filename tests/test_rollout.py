@@ -16,7 +16,7 @@ from cloud.commands import CommandStore
 from cloud.errors import ControllerError
 from cloud.rollouts import Rollouts, RolloutState, failures_allowed
 from device_agent.update import versions_dir
-from printfleet import __version__, wire
+from kernel import __version__, wire
 from tests.fleet import Fleet
 from tests.inproc import host_state_dir, in_process_hosts
 from tests.wheels import sha256_of, tiny_wheel

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from device_agent.config import load_config
-from printfleet import wire
-from printfleet.escpos.simulator import PtyPrinter
+from kernel import wire
+from kernel.sim.printer import PtyPrinter
 from tests.fleet import Fleet
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from printfleet.escpos.segment import NEED_MORE, TokenKind, chunks, commands, measure
+from kernel.escpos.segment import NEED_MORE, TokenKind, chunks, commands, measure
 
 # Every command family the tokenizer knows, with its exact bytes.
 COMMANDS: list[tuple[str, bytes]] = [

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import serial
 
-from printfleet.escpos.simulator import Overflow, PrinterModel, PtyPrinter, TcpPrinter
-from printfleet.escpos.status import ErrorKind, InboundParser, StatusByte
+from kernel.escpos.status import ErrorKind, InboundParser, StatusByte
+from kernel.sim.printer import Overflow, PrinterModel, PtyPrinter, TcpPrinter
 
 DLE_EOT = [b"\x10\x04\x01", b"\x10\x04\x02", b"\x10\x04\x03", b"\x10\x04\x04"]
 GS_R = b"\x1dr\x01"

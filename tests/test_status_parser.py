@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from printfleet.escpos.status import (
+from kernel.escpos.status import (
     AsbBlock,
     BlockReply,
     ErrorKind,

@@ -1,4 +1,4 @@
-"""TLS with real certificates from printfleet.tls.LocalCA: the library, the embedded broker, mosquitto.
+"""TLS with real certificates from kernel.tls.LocalCA: the library, the embedded broker, mosquitto.
 
 Broker tests run against both brokers (``tls_broker``); the mosquitto ones carry the ``mosquitto``
 marker. Messages are exchanged with aiomqtt. Failed handshakes are checked with the raw client
@@ -33,9 +33,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from broker import BrokerError, EmbeddedBroker, ListenerSpec, StaticCredentials, export_mosquitto
 from broker.mosquitto import MosquittoTls
 from broker.testing import Account, MessageLog, MosquittoProcess, connack_code, make_account
-from printfleet import tls
-from printfleet.tls import CertPair, LocalCA, TlsError, TlsFiles
-from printfleet.wire import Channel, Peer, Role
+from kernel import tls
+from kernel.tls import CertPair, LocalCA, TlsError, TlsFiles
+from kernel.wire import Channel, Peer, Role
 from tests.conftest import require_mosquitto
 
 TIMEOUT = 5.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from printfleet.escpos.simulator import PtyPrinter
+from kernel.sim.printer import PtyPrinter
 from tests.fleet import running_fleet
 
 

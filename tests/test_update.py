@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from printfleet import __version__
-from printfleet.escpos.simulator import PtyPrinter
+from kernel import __version__
+from kernel.sim.printer import PtyPrinter
 from tests.fleet import Fleet
 from tests.wheels import agent_wheel, sha256_of
 

@@ -16,7 +16,7 @@ import pytest
 from device_agent.launcher import Launcher
 from device_agent.update import UpdateFailed, Updater, UpdateRefused, trusted_url
 from device_agent.versions import VersionError, VersionStore
-from printfleet.wheel import WheelError, read_wheel
+from kernel.wheel import WheelError, read_wheel
 from tests.wheels import sha256_of, tiny_wheel, write_wheel
 
 CONTROLLER = "http://10.0.0.5:8080"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from printfleet import wire
+from kernel import wire
 from printfleet.cli import app
 from printfleet.cli_update import parse_rate
 from tests.fleet import Fleet

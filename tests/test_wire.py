@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from printfleet import wire
+from kernel import wire
 
 DEV = wire.Peer(role=wire.Role.DEVICE, name="kiosk-1")
 CTL = wire.Peer(role=wire.Role.CONTROLLER, name="main")

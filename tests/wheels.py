@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("printfleet", "broker", "cloud", "device_agent", "phone_bridge")
+PACKAGES = ("kernel", "printfleet", "broker", "cloud", "device_agent", "phone_bridge")
 
 
 def _record_hash(data: bytes) -> str:
@@ -48,10 +48,10 @@ def source_files(version: str, *, changes: Mapping[str, str] | None = None) -> d
         for path in sorted((REPO / package).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".mako"):
                 files[path.relative_to(REPO).as_posix()] = path.read_bytes()
-    init = files["printfleet/__init__.py"].decode()
+    init = files["kernel/__init__.py"].decode()
     assert '__version__ = "' in init
     head, _, rest = init.partition('__version__ = "')
-    files["printfleet/__init__.py"] = (head + f'__version__ = "{version}"' + rest.split('"', 1)[1]).encode()
+    files["kernel/__init__.py"] = (head + f'__version__ = "{version}"' + rest.split('"', 1)[1]).encode()
     for member, text in (changes or {}).items():
         files[member] = text.encode()
     return files

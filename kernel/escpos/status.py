@@ -4,7 +4,7 @@ Pure code, no I/O. Two parts:
 
 * :class:`PrinterStatus` and its decoders for the one-byte DLE EOT n (n = 1..4) replies and the
   4-byte Automatic Status Back (ASB) blocks, and :func:`to_health` that turns a status into the
-  wire form :class:`printfleet.wire.PrinterHealth`. The encoders (used by the simulated printer)
+  wire form :class:`kernel.wire.PrinterHealth`. The encoders (used by the simulated printer)
   live next to the decoders so that the bit layout is written down once.
 * :class:`InboundParser`, a stateful classifier for everything a printer sends back. It is fed
   arbitrary fragments (a serial read returns whatever has arrived) and returns events.
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
 
-from printfleet.wire import PrinterHealth
+from kernel.wire import PrinterHealth
 
 #: Longest block-reply payload accepted before the block is dropped and the parser resyncs.
 MAX_BLOCK_PAYLOAD = 64

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from printfleet.escpos.document import DocumentError
+from kernel.errors import DocumentError
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -6,8 +6,8 @@ input into a :class:`Document` or raise :class:`DocumentError` with a one-line r
 the item (numbered from 0, as in the JSON array) and the field. Every item class also validates
 itself, so documents built in code obey the same rules.
 
-This module holds values only; :mod:`printfleet.escpos.render` turns them into ESC/POS bytes for
-a :class:`~printfleet.escpos.profiles.PrinterProfile`.
+This module holds values only; :mod:`cloud.render.escpos` turns them into ESC/POS bytes for
+a :class:`~kernel.escpos.profiles.PrinterProfile`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 from PIL import Image as PILImage
 
-from printfleet.errors import PrintfleetError
+from kernel.errors import DocumentError
 
 #: The only document version this module reads.
 DOCUMENT_VERSION: Final = 1
@@ -42,33 +42,6 @@ MAX_DOCUMENT_BYTES: Final = 4 * 1024 * 1024
 #: The paper width images are checked against when parsing (an 80 mm printer); render re-checks
 #: against the real profile.
 REFERENCE_PAPER_DOTS: Final = 576
-
-
-class DocumentError(PrintfleetError):
-    """A receipt document that cannot be parsed or rendered.
-
-    ``item`` is the index of the offending item (``None`` for the document as a whole), ``item_type``
-    its type, ``field`` the field at fault when there is one.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        item: int | None = None,
-        item_type: str | None = None,
-        field: str | None = None,
-    ) -> None:
-        super().__init__(message, retryable=False)
-        self.item = item
-        self.item_type = item_type
-        self.field = field
-
-    def at_item(self, index: int, item_type: str) -> DocumentError:
-        """This error re-raised for the item at ``index``: the message gains an ``item N (type):`` prefix."""
-        return DocumentError(
-            f"item {index} ({item_type}): {self.message}", item=index, item_type=item_type, field=self.field
-        )
 
 
 Align: TypeAlias = Literal["left", "center", "right"]

@@ -6,10 +6,10 @@
   into :class:`Receipt` objects for assertions.
 * :class:`PtyPrinter` runs a model on the master side of a pty (its ``url`` is the slave path, which
   pyserial opens); :class:`TcpPrinter` serves one on ``socket://127.0.0.1:PORT``. Both live in
-  :mod:`printfleet.escpos.sim_transport` and are importable from here too.
-* ``python -m printfleet.escpos.simulator --pty`` prints the port and the receipts as they arrive.
+  :mod:`kernel.sim.transport` and are importable from here too.
+* ``python -m kernel.sim.printer --pty`` prints the port and the receipts as they arrive.
 
-The receive side tokenizes the incoming stream (:func:`printfleet.escpos.segment.measure`) so a
+The receive side tokenizes the incoming stream (:func:`kernel.escpos.segment.measure`) so a
 ``10 04 n`` inside image data is not mistaken for a status query; real printers scan blindly, which
 is one more reason the link sends real-time commands only between complete commands.
 """
@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Final
 
-from printfleet.escpos.segment import DLE, NEED_MORE, measure
-from printfleet.escpos.status import (
+from kernel.escpos.segment import DLE, NEED_MORE, measure
+from kernel.escpos.status import (
     ErrorKind,
     PrinterStatus,
     encode_asb,
@@ -36,7 +36,7 @@ from printfleet.escpos.status import (
 )
 
 if TYPE_CHECKING:
-    from printfleet.escpos.sim_transport import PtyPrinter, SimulatedPrinter, TcpPrinter
+    from kernel.sim.transport import PtyPrinter, SimulatedPrinter, TcpPrinter
 
 log = logging.getLogger(__name__)
 
@@ -537,7 +537,7 @@ class PrinterModel:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from printfleet.escpos.sim_transport import PtyPrinter, TcpPrinter
+    from kernel.sim.transport import PtyPrinter, TcpPrinter
 
     model = PrinterModel(buffer_size=args.buffer, overflow=args.overflow, mute=args.mute)
     if args.tcp:
@@ -561,7 +561,7 @@ async def _show(printer: SimulatedPrinter, *, paper_out: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m printfleet.escpos.simulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kernel.sim.printer", description=__doc__)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", action="store_true", help="serve on a pty (prints its path)")
     where.add_argument("--tcp", action="store_true", help="serve on 127.0.0.1, a free port")
@@ -583,7 +583,7 @@ if __name__ == "__main__":
 def __getattr__(name: str) -> object:
     # The transports moved to sim_transport (which imports this module); keep the old import path.
     if name in ("PtyPrinter", "TcpPrinter", "SimulatedPrinter"):
-        from printfleet.escpos import sim_transport
+        from kernel.sim import transport as sim_transport
 
         return getattr(sim_transport, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from printfleet.errors import PrintfleetError
+from kernel.errors import PrintfleetError
 
 DISTRIBUTION = "printfleet"
 #: Largest unpacked wheel (a guard against zip bombs) and most files in one.

@@ -1,4 +1,4 @@
-"""Render a :class:`~printfleet.escpos.document.Document` to ESC/POS bytes for one printer profile.
+"""Render a :class:`~cloud.render.document.Document` to ESC/POS bytes for one printer profile.
 
 Pure code, no I/O. The encoder is written here rather than borrowed from python-escpos so that
 every byte is ours to specify and test (see docs/documents.md for the command table).
@@ -11,7 +11,7 @@ Invariants of the output:
 - text is encoded in the profile's code page, characters it lacks become ``?``;
 - raster images (and QR codes on printers without native QR) are sent as ``GS v 0`` bands of at
   most ``profile.raster_band_bytes`` data bytes, so that a transport can pace between bands;
-- the result is at most :data:`printfleet.wire.MAX_JOB_BYTES`.
+- the result is at most :data:`kernel.wire.MAX_JOB_BYTES`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from PIL import Image as PILImage
 from qrcode.constants import ERROR_CORRECT_H, ERROR_CORRECT_L, ERROR_CORRECT_M, ERROR_CORRECT_Q
 from qrcode.exceptions import DataOverflowError
 
-from printfleet.escpos.document import (
+from cloud.render.document import (
     MAX_IMAGE_ROWS,
     Align,
     BarcodeItem,
@@ -44,8 +44,8 @@ from printfleet.escpos.document import (
     open_png,
     scaled_height,
 )
-from printfleet.escpos.profiles import PrinterProfile
-from printfleet.wire import MAX_JOB_BYTES
+from kernel.escpos.profiles import PrinterProfile
+from kernel.wire import MAX_JOB_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ def preamble(profile: PrinterProfile) -> bytes:
 
 def render(doc: Document, profile: PrinterProfile) -> bytes:
     """The ESC/POS bytes of ``doc`` for ``profile``; :class:`DocumentError` naming the item when an item
-    cannot be printed on this profile or the result exceeds :data:`~printfleet.wire.MAX_JOB_BYTES`."""
+    cannot be printed on this profile or the result exceeds :data:`~kernel.wire.MAX_JOB_BYTES`."""
     out = bytearray(preamble(profile))
     for index, item in enumerate(doc.items):
         try:
@@ -392,7 +392,7 @@ def render(doc: Document, profile: PrinterProfile) -> bytes:
 
 def render_raw(data: bytes | bytearray | memoryview) -> bytes:
     """Raw ESC/POS from the client, passed through untouched once checked non-empty and within
-    :data:`~printfleet.wire.MAX_JOB_BYTES`."""
+    :data:`~kernel.wire.MAX_JOB_BYTES`."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DocumentError(f"raw print data must be bytes, got {type(data).__name__}")
     raw = bytes(data)

@@ -26,8 +26,8 @@ from cloud.registry import DbCredentials, PrinterInput, Registry
 from cloud.service import ControllerService
 from device_agent.agent import Agent
 from device_agent.config import load_config, write_config
-from printfleet.escpos.simulator import PtyPrinter
-from printfleet.signals import wait_for_signal
+from kernel.signals import wait_for_signal
+from kernel.sim.printer import PtyPrinter
 
 DEMO_DEVICE = "demo"
 

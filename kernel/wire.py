@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from printfleet.errors import PrintfleetError
+from kernel.errors import PrintfleetError
 
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "pf/v1"

@@ -1,4 +1,4 @@
-"""Transports for the simulated printer: a :class:`~printfleet.escpos.simulator.PrinterModel` on a pty
+"""Transports for the simulated printer: a :class:`~kernel.sim.printer.PrinterModel` on a pty
 or a TCP port, with a drain loop that prints at a chosen speed.
 
 * :class:`PtyPrinter` runs a model on the master side of a pty; its ``url`` is the slave path, which
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
-from printfleet.escpos.simulator import _KEEP, PrinterModel, Receipt, _Keep
-from printfleet.escpos.status import ErrorKind
+from kernel.escpos.status import ErrorKind
+from kernel.sim.printer import _KEEP, PrinterModel, Receipt, _Keep
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,5 @@
+"""Rendering on the cloud side: the receipt document format (:mod:`.document`) and its conversion to
+ESC/POS bytes for a printer profile (:mod:`.escpos`). Needs Pillow and qrcode, which hosts never install.
+
+May import: the kernel.
+"""
