@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all,test]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -35,7 +35,7 @@ typecheck: $(STAMP)
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/python -m pip install --quiet --upgrade "pip>=24"
-	.lockenv/bin/python -m pip install --quiet ".[test]"
+	.lockenv/bin/python -m pip install --quiet ".[all,test]"
 	.lockenv/bin/python -m pip freeze --exclude printfleet > constraints.txt
 	rm -rf .lockenv
 
