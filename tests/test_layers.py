@@ -101,7 +101,7 @@ def module_cycles(edges: Mapping[str, Iterable[str]]) -> list[list[str]]:
 
 
 def layer_violations(edges: Mapping[str, Iterable[str]]) -> list[str]:
-    """Imports that break the layers: kernel -> a part, part -> part (but the one exception), * -> composition."""
+    """Imports that break the layers: kernel -> part, part -> part (bar one), anything -> composition."""
     bad = []
     for src, dsts in sorted(edges.items()):
         for dst in sorted(dsts):
