@@ -1,37 +1,16 @@
-"""TLS for the fleet's MQTT links: a local certificate authority, its certificates, and SSL contexts.
-
-Pure library code on top of :mod:`cryptography.x509`; nothing happens at import time.
-
-::
-
-    files = ensure_local_ca(data_dir / "tls")            # ca.pem, ca.key, server.pem, server.key
-    ListenerSpec(port=8883, certfile=files.server_cert, keyfile=files.server_key,
-                 cafile=files.ca_cert, require_client_cert=True)
-    ca = LocalCA.load(data_dir / "tls")
-    ca.issue_client("dev-kiosk-1").write(cert_path, key_path)   # the agent's client certificate
-    aiomqtt.Client(..., tls_context=client_context(ca_path, cert_path, key_path))
-
-Certificate identity rule (mutual TLS): a client certificate names exactly one MQTT client id. It is
-the subject's common name (CN), which must be a single value; certificates from :class:`LocalCA` also
-carry it as a SAN URI ``urn:printfleet:client:<client id>``, and when a certificate has such URIs
-they must all name the CN, or the certificate identifies nobody. The broker admits a connection only
-when this identity equals the MQTT username (which is also the client id), and the password is valid.
-
-Keys are ECDSA P-256. Private keys are written with mode 0600, certificates 0644, atomically.
-"""
+"""The fleet's own certificate authority: creating and loading it, issuing the broker's and the
+clients' certificates, signing a device's request, and keeping a TLS directory current."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
 import logging
-import os
 import secrets
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -39,28 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import PrintfleetError
-
-__all__ = [
-    "CLIENT_URI_PREFIX",
-    "CertPair",
-    "LocalCA",
-    "TlsError",
-    "TlsFiles",
-    "certificate_identity",
-    "client_context",
-    "client_request",
-    "ensure_local_ca",
-    "peer_identity",
-    "server_context",
-]
+from kernel.tls.files import TlsError, key_pem, load_cert, make_dir, read_bytes, write_file
+from kernel.tls.identity import CLIENT_URI_PREFIX, check_client_id
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: SAN URI prefix naming the MQTT client id in a client certificate.
-CLIENT_URI_PREFIX = "urn:printfleet:client:"
 
 CA_VALIDITY = dt.timedelta(days=3650)
 #: Leaf certificates: 825 days, the longest validity common TLS clients accept.
@@ -74,14 +38,6 @@ LOOPBACK_IPS = ("127.0.0.1", "::1")
 _BACKDATE = dt.timedelta(minutes=5)
 
 
-class TlsError(PrintfleetError):
-    """A certificate or key could not be created, loaded or used; ``path`` names the file if any."""
-
-    def __init__(self, message: str, *, path: Path | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-
-
 class CertPair(NamedTuple):
     """A PEM certificate and its PEM (PKCS#8, unencrypted) private key."""
 
@@ -90,8 +46,8 @@ class CertPair(NamedTuple):
 
     def write(self, certfile: Path, keyfile: Path) -> None:
         """Write both files (the key with mode 0600), each atomically; parent folders are created."""
-        _write(keyfile, self.key_pem, secret=True)
-        _write(certfile, self.cert_pem, secret=False)
+        write_file(keyfile, self.key_pem, secret=True)
+        write_file(certfile, self.cert_pem, secret=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +73,7 @@ class TlsFiles:
 
     def client(self, client_id: str) -> tuple[Path, Path]:
         """``(<client id>.pem, <client id>.key)`` in the directory (see ``ensure_local_ca(clients=)``)."""
-        _check_client_id(client_id)
+        check_client_id(client_id)
         return self.directory / f"{client_id}.pem", self.directory / f"{client_id}.key"
 
 
@@ -191,9 +147,9 @@ class LocalCA:
 
     @classmethod
     def from_files(cls, certfile: Path, keyfile: Path) -> LocalCA:
-        cert = _load_cert(certfile)
+        cert = load_cert(certfile)
         try:
-            key = serialization.load_pem_private_key(_read(keyfile), password=None)
+            key = serialization.load_pem_private_key(read_bytes(keyfile), password=None)
         except (ValueError, TypeError) as exc:
             raise TlsError(f"{keyfile} is not an unencrypted PEM private key: {exc}", path=keyfile) from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -203,9 +159,9 @@ class LocalCA:
     def save(self, directory: Path) -> TlsFiles:
         """Write ``ca.pem`` (0644) and ``ca.key`` (0600) into ``directory`` (created 0700 if missing)."""
         files = TlsFiles.in_directory(directory)
-        _mkdir(directory)
-        _write(files.ca_key, _key_pem(self._key), secret=True)
-        _write(files.ca_cert, self.cert_pem, secret=False)
+        make_dir(directory)
+        write_file(files.ca_key, key_pem(self._key), secret=True)
+        write_file(files.ca_cert, self.cert_pem, secret=False)
         return files
 
     # -- what it offers -------------------------------------------------------------------------
@@ -279,7 +235,7 @@ class LocalCA:
         The id is the subject CN and a SAN URI ``urn:printfleet:client:<id>`` (see the module's
         identity rule).
         """
-        _check_client_id(common_name)
+        check_client_id(common_name)
         return self._issue(
             common_name=common_name,
             san=[x509.UniformResourceIdentifier(CLIENT_URI_PREFIX + common_name)],
@@ -312,7 +268,7 @@ class LocalCA:
         public = csr.public_key()
         if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
             raise TlsError("the certificate request must carry an ECDSA P-256 key")
-        _check_client_id(common_name)
+        check_client_id(common_name)
         return self._build(
             public=public,
             common_name=common_name,
@@ -343,7 +299,7 @@ class LocalCA:
             not_before=not_before,
             not_after=not_after,
         )
-        return CertPair(cert_pem=cert_pem, key_pem=_key_pem(key))
+        return CertPair(cert_pem=cert_pem, key_pem=key_pem(key))
 
     def _build(
         self,
@@ -390,14 +346,14 @@ def client_request(common_name: str) -> CertPair:
     The device keeps ``key_pem`` (write it 0600) and sends ``csr_pem`` to the controller, which
     answers with :meth:`LocalCA.sign_client_request`.
     """
-    _check_client_id(common_name)
+    check_client_id(common_name)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .sign(key, hashes.SHA256())
     )
-    return CertPair(cert_pem=csr.public_bytes(serialization.Encoding.PEM), key_pem=_key_pem(key))
+    return CertPair(cert_pem=csr.public_bytes(serialization.Encoding.PEM), key_pem=key_pem(key))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,7 +383,7 @@ def ensure_local_ca(
     certificate that needs issuing but no CA key).
     """
     files = TlsFiles.in_directory(directory)
-    _mkdir(directory)
+    make_dir(directory)
     has_cert, has_key = files.ca_cert.exists(), files.ca_key.exists()
     if has_key and not has_cert:
         raise TlsError(f"{files.ca_key} exists without {files.ca_cert}", path=files.ca_cert)
@@ -462,9 +418,9 @@ def ensure_local_ca(
 def _leaf_renewal_reason(certfile: Path, keyfile: Path, cafile: Path, now: dt.datetime) -> str | None:
     if not certfile.exists() or not keyfile.exists():
         return "missing"
-    cert = _load_cert(certfile)
+    cert = load_cert(certfile)
     try:
-        cert.verify_directly_issued_by(_load_cert(cafile))
+        cert.verify_directly_issued_by(load_cert(cafile))
     except (ValueError, TypeError, InvalidSignature):
         return "not issued by ca.pem"
     if cert.not_valid_after_utc - RENEW_BEFORE <= now:
@@ -478,7 +434,7 @@ def _server_renewal_reason(
     reason = _leaf_renewal_reason(files.server_cert, files.server_key, files.ca_cert, now)
     if reason is not None:
         return reason
-    cert = _load_cert(files.server_cert)
+    cert = load_cert(files.server_cert)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -496,115 +452,7 @@ def _server_renewal_reason(
 
 
 # ----------------------------------------------------------------------------------------------
-# SSL contexts and the peer's identity.
-
-
-def server_context(
-    certfile: Path, keyfile: Path, cafile: Path | None = None, require_client_cert: bool = False
-) -> ssl.SSLContext:
-    """The broker's side: TLS 1.2 minimum; with ``require_client_cert``, mutual TLS against ``cafile``.
-
-    A client without a certificate, or with one that does not chain to ``cafile``, is expired,
-    not yet valid or not for clientAuth, then fails the handshake.
-    """
-    if require_client_cert and cafile is None:
-        raise TlsError("require_client_cert needs a cafile")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(certfile, keyfile)
-        if cafile is not None:
-            ctx.load_verify_locations(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot load the TLS files {certfile}, {keyfile}, {cafile}: {exc}") from exc
-    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
-    return ctx
-
-
-def client_context(cafile: Path, certfile: Path | None = None, keyfile: Path | None = None) -> ssl.SSLContext:
-    """A client's side: TLS 1.2 minimum, the broker verified against ``cafile`` only, hostname checked.
-
-    ``certfile``/``keyfile`` add a client certificate (mutual TLS). Pass the result as aiomqtt's
-    ``tls_context=``.
-    """
-    if (certfile is None) != (keyfile is None):
-        raise TlsError("a client certificate needs both certfile and keyfile")
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-        if certfile is not None and keyfile is not None:
-            ctx.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot load the TLS files {cafile}, {certfile}, {keyfile}: {exc}") from exc
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
-def client_context_from_pem(
-    ca_pem: str, cert_pem: str | None = None, key_pem: str | None = None
-) -> ssl.SSLContext:
-    """:func:`client_context` from PEM text (a bridge keeps its config in one file).
-
-    The client key only touches disk in a private temporary directory, removed at once.
-    """
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="printfleet-tls-") as tmp:
-        directory = Path(tmp)
-        ca = directory / "ca.pem"
-        _write(ca, ca_pem.encode(), secret=False)
-        cert = key = None
-        if cert_pem is not None and key_pem is not None:
-            cert, key = directory / "client.pem", directory / "client.key"
-            _write(cert, cert_pem.encode(), secret=False)
-            _write(key, key_pem.encode(), secret=True)
-        return client_context(ca, cert, key)
-
-
-class SSLPeer(Protocol):
-    """What :func:`peer_identity` needs: ``ssl.SSLObject`` and ``ssl.SSLSocket`` both qualify."""
-
-    def getpeercert(self, binary_form: bool = False) -> Any: ...
-
-
-def peer_identity(ssl_object: SSLPeer | None) -> str | None:
-    """The client id of a connection's *verified* client certificate, or None.
-
-    None when there is no TLS, no certificate, the certificate was not verified (the context did not
-    require one) or it breaks the identity rule (see the module docstring).
-    """
-    if ssl_object is None:
-        return None
-    # The dict form is empty unless the certificate was verified by the handshake.
-    if not ssl_object.getpeercert():
-        return None
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        return None
-    return certificate_identity(x509.load_der_x509_certificate(der))
-
-
-def certificate_identity(cert: x509.Certificate) -> str | None:
-    """The identity a client certificate claims (the rule in the module docstring), or None."""
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1 or not isinstance(names[0].value, str) or not names[0].value:
-        return None
-    common_name = names[0].value
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return common_name
-    uris = [
-        u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(CLIENT_URI_PREFIX)
-    ]
-    if any(u != CLIENT_URI_PREFIX + common_name for u in uris):
-        return None
-    return common_name
-
-
-# ----------------------------------------------------------------------------------------------
-# Files.
+# Helpers.
 
 
 def _utcnow() -> dt.datetime:
@@ -622,55 +470,7 @@ def _key_usage(**allowed: bool) -> x509.KeyUsage:
     return x509.KeyUsage(**{bit: allowed.get(bit, False) for bit in bits.split()})
 
 
-def _check_client_id(common_name: str) -> None:
-    if not common_name or len(common_name) > 64 or not common_name.isascii():
-        raise TlsError(f"client id {common_name!r} cannot be a certificate identity (1-64 ASCII)")
-    if any(c.isspace() or c in "/:" for c in common_name):
-        raise TlsError(f"client id {common_name!r} contains whitespace, '/' or ':'")
-
-
 def _check_dns_name(name: str) -> None:
     labels = name.rstrip(".").split(".")
     if not name or not all(0 < len(label) <= 63 for label in labels) or not name.isascii():
         raise TlsError(f"{name!r} is not a DNS name")
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise TlsError(f"cannot read {path}: {exc}", path=path) from exc
-
-
-def _load_cert(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(_read(path))
-    except ValueError as exc:
-        raise TlsError(f"{path} is not a PEM certificate: {exc}", path=path) from exc
-
-
-def _mkdir(directory: Path) -> None:
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TlsError(f"cannot create {directory}: {exc}", path=directory) from exc
-
-
-def _write(path: Path, data: bytes, *, secret: bool) -> None:
-    """Write atomically; a secret is never readable by others, not even for a moment."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o600 if secret else 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise TlsError(f"cannot write {path}: {exc}", path=path) from exc
