@@ -1,8 +1,11 @@
-"""printfleet's composition layer: the ``printfleet`` command line, ``printfleet up`` and the demos.
+"""printfleet's composition layer: the command lines, ``printfleet up`` and the demos.
 
 It wires the parts together (``broker``, ``cloud``, ``device_agent``, ``phone_bridge``, on the
-``kernel``) and nothing imports it. ``python -m printfleet agent run`` is what hosts' launchers start,
-so the agent's commands import only the kernel and ``device_agent``.
+``kernel``) and nothing imports it. Three commands: ``printfleet`` (the full install: :mod:`.cli`
+assembles one module per command group), ``printfleet-agent`` (:mod:`.agent_cli`: kernel and
+``device_agent`` only) and ``printfleet-bridge`` (:mod:`.bridge_cli`: kernel and ``phone_bridge`` only).
+``python -m printfleet agent run``, what hosts' launchers start, goes straight to :mod:`.agent_cli`.
+Errors become exit codes and one-line messages in :mod:`.cli_common`.
 
 May import: every package. Imported by: nothing (tests aside).
 """

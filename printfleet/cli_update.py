@@ -1,7 +1,6 @@
 """`printfleet cmd update` and `printfleet cmd rollout ...`: agent updates, at once or as phased rollouts.
 
-Registered onto the `cmd` group by :func:`register_update_commands`; the shared CLI helpers (the
-API client, output, errors) are those of :mod:`printfleet.cli`.
+Registered onto the `cmd` group (:mod:`printfleet.cli_cmd`) by :func:`register_update_commands`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from printfleet.cli_api import api, call
+from printfleet.cli_common import EXIT_INTERRUPTED, JsonOpt, emit_json, err, fail, out, ts
 from printfleet.client import ApiClient, ClientError
 
 COMMAND_TERMINAL = {"succeeded", "failed", "rejected", "timed_out", "cancelled", "expired"}
@@ -36,17 +37,15 @@ def parse_rate(text: str) -> float:
 
 def _package_fields(client: ApiClient, package: str, sha256: str) -> dict[str, Any]:
     """A URL is passed on as it is; a file is checked against ``sha256`` and uploaded once."""
-    from printfleet import cli
-
     if re.match(r"^[a-z]+://", package):
         return {"url": package}
     try:
         data = Path(package).read_bytes()
     except OSError as exc:
-        cli.fail(f"cannot read {package}: {exc.strerror or exc}")
+        fail(f"cannot read {package}: {exc.strerror or exc}")
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
-        cli.fail(f"{package} hashes to {actual}, not the --sha256 given ({sha256}); nothing uploaded")
+        fail(f"{package} hashes to {actual}, not the --sha256 given ({sha256}); nothing uploaded")
     try:
         client.request("GET", f"/v1/packages/{sha256}")
     except ClientError as exc:
@@ -72,30 +71,26 @@ def _versions(device: dict[str, Any]) -> str:
 
 
 def print_summary(view: dict[str, Any]) -> None:
-    from printfleet import cli
-
     table = Table("device", "state", "version", "detail")
     for d in view["devices"]:
         table.add_row(d["device"], d["state"], _versions(d), d["detail"] or "")
-    cli.out.print(table)
+    out.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in view["counts"].items() if n)
     line = f"rollout {view['id']} {view['state']} ({counts})"
     if view.get("detail"):
         line += f": {view['detail']}"
-    cli.out.print(line, markup=False)
+    out.print(line, markup=False)
 
 
 def follow_rollout(client: ApiClient, view: dict[str, Any], *, show_progress: bool) -> dict[str, Any]:
     """Follow a rollout until it is done (a progress bar on a terminal); Ctrl-C leaves it running."""
-    from printfleet import cli
-
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} failed"),
         TimeElapsedColumn(),
-        console=cli.out,
+        console=out,
         disable=not show_progress,
         transient=True,
     )
@@ -115,20 +110,18 @@ def follow_rollout(client: ApiClient, view: dict[str, Any], *, show_progress: bo
                     timeout=40,
                 )
     except KeyboardInterrupt:
-        cli.err.print(
+        err.print(
             f"rollout {view['id']} goes on in the controller; follow it with"
             f" `printfleet cmd rollout show {view['id']} --wait`",
             markup=False,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _finish_rollout(client: ApiClient, view: dict[str, Any], *, as_json: bool) -> None:
-    from printfleet import cli
-
-    view = follow_rollout(client, view, show_progress=cli.out.is_terminal and not as_json)
+    view = follow_rollout(client, view, show_progress=out.is_terminal and not as_json)
     if as_json:
-        cli.emit_json(view)
+        emit_json(view)
     else:
         print_summary(view)
     if view["state"] != "completed" or view["counts"]["failed"]:
@@ -163,7 +156,7 @@ def register_update_commands(cmd_app: typer.Typer) -> None:
         wait: Annotated[
             bool, typer.Option("--wait", help="Wait for the outcome; exit 0 only if it succeeded.")
         ] = False,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: JsonOpt = False,
         timeout: Annotated[
             float, typer.Option("--timeout", help="How long it may run once started (s).")
         ] = 600.0,
@@ -172,13 +165,11 @@ def register_update_commands(cmd_app: typer.Typer) -> None:
         ] = 3600.0,
     ) -> None:
         """Install a new agent version, keeping the previous one (rolled back if it does not come up)."""
-        from printfleet import cli
-
         if all_devices == (target is not None):
-            cli.fail("give a TARGET (device name or tag:NAME) or --all", 2)
+            fail("give a TARGET (device name or tag:NAME) or --all", 2)
         sha256 = sha256.strip().lower()
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            cli.fail("--sha256 must be 64 hex digits", 2)
+            fail("--sha256 must be 64 hex digits", 2)
         body: dict[str, Any] = {
             "target": target,
             "all": all_devices,
@@ -191,48 +182,43 @@ def register_update_commands(cmd_app: typer.Typer) -> None:
             try:
                 body["rate_per_min"] = parse_rate(rate)
             except ValueError as exc:
-                cli.fail(str(exc), 2)
+                fail(str(exc), 2)
             body["abort_above"] = abort_above
         elif abort_above:
-            cli.fail("--abort-above is for rollouts: give --rate too", 2)
-        with cli.api() as client:
-            try:
-                body.update(_package_fields(client, package, sha256))
-                created = client.request("POST", "/v1/updates", json=body)
-                if "rollout" in created:
-                    view = created["rollout"]
-                    if detach:
-                        _say(view, f"rollout {view['id']} started on {view['total']} device(s)", as_json)
-                        return
-                    _finish_rollout(client, view, as_json=as_json)
+            fail("--abort-above is for rollouts: give --rate too", 2)
+        with api() as client:
+            body.update(_package_fields(client, package, sha256))
+            created = client.request("POST", "/v1/updates", json=body)
+            if "rollout" in created:
+                view = created["rollout"]
+                if detach:
+                    _say(view, f"rollout {view['id']} started on {view['total']} device(s)", as_json)
                     return
-                limit = expires + timeout + 10
-                results = [_wait_command(client, c, limit) if wait else c for c in created["commands"]]
-            except ClientError as exc:
-                cli.fail(str(exc))
+                _finish_rollout(client, view, as_json=as_json)
+                return
+            limit = expires + timeout + 10
+            results = [wait_command(client, c, limit) if wait else c for c in created["commands"]]
         if as_json:
             single = len(results) == 1 and target is not None and not target.startswith("tag:")
-            cli.emit_json(results[0] if single else results)
+            emit_json(results[0] if single else results)
         else:
             for cmd in results:
                 line = f"{cmd['device']}: command {cmd['id']} {cmd['state']}"
                 if cmd.get("detail"):
                     line += f" ({cmd['detail']})"
-                cli.out.print(line, markup=False)
+                out.print(line, markup=False)
         if wait and any(c["state"] != "succeeded" for c in results):
             raise typer.Exit(1)
 
     @rollout_app.command("list")
     def rollout_list(
         limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """Rollouts, newest first."""
-        from printfleet import cli
-
-        rollouts = cli.call("GET", "/v1/rollouts", params={"limit": limit})
+        rollouts = call("GET", "/v1/rollouts", params={"limit": limit})
         if as_json:
-            cli.emit_json(rollouts)
+            emit_json(rollouts)
             return
         table = Table("rollout", "state", "target", "done", "failed", "skipped", "created", "detail")
         for r in rollouts:
@@ -244,30 +230,25 @@ def register_update_commands(cmd_app: typer.Typer) -> None:
                 f"{c['succeeded'] + c['failed'] + c['skipped']}/{r['total']}",
                 str(c["failed"]),
                 str(c["skipped"]),
-                cli._ts(r["created_at"]),
+                ts(r["created_at"]),
                 r["detail"] or "",
             )
-        cli.out.print(table)
+        out.print(table)
 
     @rollout_app.command("show")
     def rollout_show(
         rollout_id: str,
         wait: Annotated[bool, typer.Option("--wait", help="Follow it until it is done.")] = False,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """One rollout: each device's state, old -> new version and detail."""
-        from printfleet import cli
-
-        with cli.api() as client:
-            try:
-                view = client.request("GET", f"/v1/rollouts/{rollout_id}")
-                if wait:
-                    _finish_rollout(client, view, as_json=as_json)
-                    return
-            except ClientError as exc:
-                cli.fail(str(exc))
+        with api() as client:
+            view = client.request("GET", f"/v1/rollouts/{rollout_id}")
+            if wait:
+                _finish_rollout(client, view, as_json=as_json)
+                return
         if as_json:
-            cli.emit_json(view)
+            emit_json(view)
         else:
             print_summary(view)
 
@@ -279,85 +260,32 @@ def register_update_commands(cmd_app: typer.Typer) -> None:
             typer.Option("--abort-above", min=0, max=100, help="A new threshold (PERCENT) from now on."),
         ] = None,
         detach: Annotated[bool, typer.Option("--detach", help="Resume it and return.")] = False,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """Start the devices an aborted rollout skipped; earlier failures no longer count."""
-        from printfleet import cli
-
         body = {} if abort_above is None else {"abort_above": abort_above}
-        with cli.api() as client:
-            try:
-                view = client.request("POST", f"/v1/rollouts/{rollout_id}/resume", json=body)
-                if detach:
-                    _say(view, f"rollout {view['id']} resumed", as_json)
-                    return
-                _finish_rollout(client, view, as_json=as_json)
-            except ClientError as exc:
-                cli.fail(str(exc))
+        with api() as client:
+            view = client.request("POST", f"/v1/rollouts/{rollout_id}/resume", json=body)
+            if detach:
+                _say(view, f"rollout {view['id']} resumed", as_json)
+                return
+            _finish_rollout(client, view, as_json=as_json)
 
     cmd_app.add_typer(rollout_app, name="rollout")
 
 
-def register_agent_version_commands(agent_app: typer.Typer) -> None:
-    """Add `printfleet agent versions` (on the host: the installs, and choosing one by hand)."""
-
-    @agent_app.command("versions")
-    def agent_versions(
-        config: Annotated[Path, typer.Option("--config", help="The agent's config file.")],
-        use: Annotated[
-            str | None,
-            typer.Option(
-                "--use", help="Run this install from the next start ('base': the base environment)."
-            ),
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
-    ) -> None:
-        """The agent versions installed on this host by `cmd update`; go back to one with --use."""
-        from device_agent.config import load_config
-        from device_agent.update import versions_dir
-        from device_agent.versions import VersionStore
-        from kernel.errors import PrintfleetError
-        from printfleet import __version__, cli
-
-        try:
-            store = VersionStore(versions_dir(load_config(config).state_dir))
-            if use is not None:
-                store.use(None if use == "base" else use)
-                cli.out.print(
-                    f"{use} runs from the agent's next start (`printfleet cmd restart-agent`)", markup=False
-                )
-                return
-            facts = store.describe(__version__)
-        except PrintfleetError as exc:
-            cli.fail(str(exc))
-        if as_json:
-            cli.emit_json(facts)
-            return
-        table = Table("install", "version", "sha256", "installed", "")
-        for i in facts["installs"]:
-            mark = "current" if i["name"] == facts["current"] else ""
-            if facts["trial"] and facts["trial"]["install"] == i["name"]:
-                mark = "on trial"
-            table.add_row(i["name"], i["version"], i["sha256"][:16], cli._ts(i["installed_at"]), mark)
-        cli.out.print(table)
-        if facts["current"] is None:
-            cli.out.print(f"current: the base environment (printfleet {__version__})", markup=False)
-
-
 def _say(view: dict[str, Any], line: str, as_json: bool) -> None:
-    from printfleet import cli
-
     if as_json:
-        cli.emit_json(view)
+        emit_json(view)
     else:
-        cli.out.print(line, markup=False)
+        out.print(line, markup=False)
 
 
-def _wait_command(client: ApiClient, cmd: dict[str, Any], limit_s: float) -> dict[str, Any]:
+def wait_command(client: ApiClient, cmd: dict[str, Any], limit_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + limit_s
     while cmd["state"] not in COMMAND_TERMINAL and time.monotonic() < deadline:
         cmd = client.request("GET", f"/v1/commands/{cmd['id']}/wait", params={"timeout": 30}, timeout=40)
     return cmd
 
 
-__all__ = ["parse_rate", "print_summary", "register_agent_version_commands", "register_update_commands"]
+__all__ = ["parse_rate", "print_summary", "register_update_commands", "wait_command"]
