@@ -55,7 +55,8 @@ from kernel.gatt import (
     GattProfile,
     identity_message,
 )
-from kernel.sim.printer import Overflow, PrinterModel, Receipt
+from kernel.sim.model import PrinterModel
+from kernel.sim.state import Overflow, Receipt
 
 log = logging.getLogger(__name__)
 

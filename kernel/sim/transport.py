@@ -1,4 +1,4 @@
-"""Transports for the simulated printer: a :class:`~kernel.sim.printer.PrinterModel` on a pty
+"""Transports for the simulated printer: a :class:`~kernel.sim.model.PrinterModel` on a pty
 or a TCP port, with a drain loop that prints at a chosen speed.
 
 * :class:`PtyPrinter` runs a model on the master side of a pty; its ``url`` is the slave path, which
@@ -22,7 +22,8 @@ from types import TracebackType
 from typing import Self
 
 from kernel.escpos.status import ErrorKind
-from kernel.sim.printer import _KEEP, PrinterModel, Receipt, _Keep
+from kernel.sim.model import PrinterModel
+from kernel.sim.state import KEEP, Keep, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class SimulatedPrinter:
         paper_near_end: bool | None = None,
         cover_open: bool | None = None,
         offline: bool | None = None,
-        error: ErrorKind | _Keep | None = _KEEP,
+        error: ErrorKind | Keep | None = KEEP,
     ) -> None:
         """Set faults on the model (ASB blocks, if enabled, go out at once)."""
         self.model.set_fault(
