@@ -52,7 +52,7 @@ from phone_bridge.bleak_bumble import BumbleRadio
 from phone_bridge.bridge import run_bridge
 from phone_bridge.config import parse_bridge_config
 from phone_bridge.virtual_printer import VirtualPrinter, VirtualPrinterConfig, public_key_b64
-from printfleet.runner import sample_receipt
+from printfleet.runner import embedded_broker, sample_receipt
 
 HOST = "kiosk-1"
 BRIDGE = "phone-1"
@@ -176,7 +176,7 @@ async def main(n: int, drain: float, buffer: int) -> None:
             name=BLE_NAME, unique_id=UNIQUE_ID, identity_key=key, drain_bytes_per_s=drain, buffer_size=buffer
         )
         async with contextlib.AsyncExitStack() as stack:
-            svc = await stack.enter_async_context(ControllerService(config))
+            svc = await stack.enter_async_context(ControllerService(config, broker=embedded_broker))
             assert svc.endpoints is not None
             http = await stack.enter_async_context(
                 httpx.AsyncClient(

@@ -2,7 +2,8 @@
 
 queued -> sent -> delivered -> in_progress -> succeeded | failed | rejected | timed_out, plus
 cancelled (before it starts) and expired (never delivered in time). A late result still closes a
-timed-out record; nothing else ever moves a record backwards.
+timed-out record; nothing else ever moves a record backwards. :data:`COMMAND_TRANSITIONS` lists the
+allowed moves; every write of a command's state is a compare-and-set on the state read.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -38,15 +39,27 @@ _RANK: dict[wire.CommandState, int] = {
 _TERMINAL = [s.value for s in wire.TERMINAL_COMMAND_STATES]
 
 
+def _moves() -> frozenset[tuple[wire.CommandState, wire.CommandState]]:
+    moves = set()
+    for current in C:
+        for new in C:
+            if current == new:
+                continue
+            if current is C.TIMED_OUT:
+                if new in (C.SUCCEEDED, C.FAILED, C.REJECTED):
+                    moves.add((current, new))  # a late result still closes a timed-out record
+            elif not current.terminal and _RANK[new] > _RANK[current]:
+                moves.add((current, new))
+    return frozenset(moves)
+
+
+#: Every allowed (current, new) move of a command.
+COMMAND_TRANSITIONS = _moves()
+
+
 def command_allowed(current: wire.CommandState, new: wire.CommandState) -> bool:
-    """The command transition table, as data (a late result may still close a timed-out record)."""
-    if current == new:
-        return False
-    if current is C.TIMED_OUT:
-        return new in (C.SUCCEEDED, C.FAILED, C.REJECTED)
-    if current.terminal:
-        return False
-    return _RANK[new] > _RANK[current]
+    """Whether a command in ``current`` may move to ``new`` (a lookup in :data:`COMMAND_TRANSITIONS`)."""
+    return (current, new) in COMMAND_TRANSITIONS
 
 
 class CommandStore:
@@ -115,7 +128,7 @@ class CommandStore:
                 s.add(cmd)
                 created.append(cmd)
         for cmd in created:
-            self._announce(cmd, C.QUEUED, None)
+            self._announce(cmd.id, cmd.device_name, C.QUEUED, None)
         return created
 
     async def transition(
@@ -129,59 +142,85 @@ class CommandStore:
         at: int | None = None,
         only_from: frozenset[wire.CommandState] | None = None,
     ) -> bool:
-        async with self._sessions.begin() as s:
-            cmd = await s.get(Command, command_id)
-            if cmd is None:
-                return False
-            current = C(cmd.state)
-            if only_from is not None and current not in only_from:
-                return False
-            if not command_allowed(current, new):
-                return False
-            now = wire.now_ms()
-            cmd.state = new.value
-            cmd.updated_at = now
-            if new is C.IN_PROGRESS and cmd.started_at is None:
-                cmd.started_at = at or now
-            if _RANK[new] >= _RANK[C.DELIVERED]:
-                cmd.acked = True
-            if new.terminal:
-                cmd.finished_at = now
-                cmd.next_attempt_at = None
-                cmd.detail = detail
-            if result is not None:
-                cmd.result = result
-            s.add(
-                CommandEvent(
-                    command_id=command_id, at=at or now, state=new.value, detail=detail, source=source
-                )
-            )
-        self._announce(cmd, new, detail)
-        return True
+        """Move a command to ``new`` if allowed; record and publish the event. Idempotent.
 
-    async def mark_sent(self, command_id: str, *, attempt: int, next_attempt_at: int) -> None:
-        async with self._sessions.begin() as s:
-            cmd = await s.get(Command, command_id)
-            if cmd is None or C(cmd.state).terminal:
-                return
-            first = cmd.state == C.QUEUED.value
-            cmd.attempt = attempt
-            cmd.next_attempt_at = next_attempt_at
-            if first:
-                cmd.state = C.SENT.value
-                cmd.updated_at = wire.now_ms()
+        A compare-and-set on the state read: a concurrent move in between (a report racing the
+        housekeeping's timeout) is never overwritten; the move is judged again on the new state.
+        """
+        for _ in range(8):
+            async with self._sessions.begin() as s:
+                cmd = await s.get(Command, command_id)
+                if cmd is None:
+                    return False
+                current = C(cmd.state)
+                if only_from is not None and current not in only_from:
+                    return False
+                if not command_allowed(current, new):
+                    return False
+                now = wire.now_ms()
+                values: dict[str, Any] = {"state": new.value, "updated_at": now}
+                if new is C.IN_PROGRESS and cmd.started_at is None:
+                    values["started_at"] = at or now
+                if _RANK[new] >= _RANK[C.DELIVERED]:
+                    values["acked"] = True
+                if new.terminal:
+                    values.update(finished_at=now, next_attempt_at=None, detail=detail)
+                if result is not None:
+                    values["result"] = result
+                if not await self._compare_and_set(s, command_id, current, values):
+                    continue  # the state moved meanwhile: judge again
                 s.add(
                     CommandEvent(
-                        command_id=command_id, at=cmd.updated_at, state=C.SENT.value, source="controller"
+                        command_id=command_id, at=at or now, state=new.value, detail=detail, source=source
                     )
                 )
-        if first:
-            self._announce(cmd, C.SENT, None)
+                device = cmd.device_name
+            self._announce(command_id, device, new, detail)
+            return True
+        log.warning("command %s: %s not applied, the state kept changing", command_id, new)
+        return False
 
-    def _announce(self, cmd: Command, state: wire.CommandState, detail: str | None) -> None:
-        self.feed.publish(
-            {"command": cmd.id, "device": cmd.device_name, "state": state.value, "detail": detail}
+    async def mark_sent(self, command_id: str, *, attempt: int, next_attempt_at: int) -> None:
+        """Record a send (the first one moves the command to ``sent``), unless it finished meanwhile."""
+        for _ in range(8):
+            async with self._sessions.begin() as s:
+                cmd = await s.get(Command, command_id)
+                if cmd is None or C(cmd.state).terminal:
+                    return
+                current = C(cmd.state)
+                first = current is C.QUEUED
+                now = wire.now_ms()
+                values: dict[str, Any] = {"attempt": attempt, "next_attempt_at": next_attempt_at}
+                if first:
+                    values.update(state=C.SENT.value, updated_at=now)
+                if not await self._compare_and_set(s, command_id, current, values):
+                    continue
+                if first:
+                    s.add(
+                        CommandEvent(command_id=command_id, at=now, state=C.SENT.value, source="controller")
+                    )
+                device = cmd.device_name
+            if first:
+                self._announce(command_id, device, C.SENT, None)
+            return
+
+    @staticmethod
+    async def _compare_and_set(
+        s: AsyncSession, command_id: str, read: wire.CommandState, values: dict[str, Any]
+    ) -> bool:
+        done = await s.execute(
+            update(Command)
+            .where(Command.id == command_id, Command.state == read.value)
+            .values(**values)
+            .execution_options(synchronize_session=False)
         )
+        if int(getattr(done, "rowcount", 0) or 0):
+            return True
+        await s.rollback()
+        return False
+
+    def _announce(self, command_id: str, device: str, state: wire.CommandState, detail: str | None) -> None:
+        self.feed.publish({"command": command_id, "device": device, "state": state.value, "detail": detail})
 
     async def get(self, command_id: str) -> Command:
         async with self._sessions() as s:

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,16 @@ def _checked_sha(sha256: str) -> str:
     if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ControllerError("a sha256 is 64 lowercase hex digits", status=422)
     return sha256
+
+
+def update_args(packages: PackageStore) -> Callable[[dict[str, Any], int], dict[str, Any]]:
+    """The ``update`` command's args from a rollout's (a fresh download grant for a stored package)."""
+
+    def build(spec: dict[str, Any], until_ms: int) -> dict[str, Any]:
+        url = spec.get("url") or packages.download_url(packages.get(spec["sha256"]), until_ms)
+        args = wire.UpdateArgs(
+            url=url, sha256=spec["sha256"], version=spec.get("version"), health_s=spec["health_s"]
+        )
+        return args.model_dump(mode="json")
+
+    return build

@@ -1,4 +1,10 @@
-"""`printfleet up`: the embedded (or an external) broker, the controller and the HTTP API in one process."""
+"""`printfleet up`: the embedded (or an external) broker, the controller and the HTTP API in one process.
+
+The embedded broker is built by the composition layer and passed in (:mod:`cloud.broker_port`). The
+long-running tasks (the controller's loops, the rollout engine, the HTTP server) run under one
+:class:`~cloud.supervisor.Supervisor`: if one dies, ``/healthz`` answers 503 at once and
+:meth:`ControllerService.run` raises, so the process exits non-zero.
+"""
 
 from __future__ import annotations
 
@@ -15,23 +21,24 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
-from broker import EmbeddedBroker, ListenerSpec, Refusal
 from cloud import db
-from cloud.api import ApiContext, create_app
-from cloud.api_maintenance import MaintenanceApi, update_args
+from cloud.api import ApiContext, MaintenanceApi, create_app
 from cloud.audit import Audit
 from cloud.bridges import Bridges
+from cloud.broker_port import BrokerFactory, BrokerRefusal, Listener, LocalBroker
 from cloud.broker_sync import MosquittoSync
 from cloud.commands import CommandStore
 from cloud.config import ControllerConfig, parse_mqtt_url
 from cloud.controller import Controller
 from cloud.errors import ControllerError
-from cloud.jobs import JobFeed, JobStore
+from cloud.jobs.intake import Intake
+from cloud.jobs.store import JobFeed, JobStore
 from cloud.keys import Keyring
-from cloud.packages import PackageStore
+from cloud.packages import PackageStore, update_args
 from cloud.presence import Presence
 from cloud.registry import DbCredentials, Registry
 from cloud.rollouts import Rollouts
+from cloud.supervisor import Supervisor
 from kernel import __version__, tls, wire
 
 log = logging.getLogger(__name__)
@@ -56,21 +63,31 @@ class Endpoints:
 
 
 class ControllerService:
-    """Composes broker, controller and HTTP API; ``async with`` starts them, exit stops them."""
+    """Composes broker, controller and HTTP API; ``async with`` starts them, exit stops them.
 
-    def __init__(self, config: ControllerConfig) -> None:
+    ``broker`` builds the embedded broker (needed unless ``config.external_broker`` is set).
+    """
+
+    def __init__(self, config: ControllerConfig, *, broker: BrokerFactory | None = None) -> None:
         self.config = config
         self.endpoints: Endpoints | None = None
         self.registry: Registry
         self.jobs: JobStore
         self.controller: Controller
-        self.broker: EmbeddedBroker | None = None
+        self._broker_factory = broker
+        self.broker: LocalBroker | None = None
         self.admin_token = ""
         self._stack: contextlib.AsyncExitStack | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self.supervisor = Supervisor()
+
+    async def run(self) -> None:
+        """Serve until cancelled; raises :class:`~cloud.supervisor.TaskDied` if a supervised task dies."""
+        await self.supervisor.wait()
 
     async def __aenter__(self) -> ControllerService:
         cfg = self.config
+        if not cfg.external_broker and self._broker_factory is None:
+            raise ControllerError("no broker: give an external broker URL, or an embedded broker to run")
         cfg.data_dir.ensure()
         await asyncio.to_thread(db.migrate, cfg.db_url)
         stack = contextlib.AsyncExitStack()
@@ -81,6 +98,7 @@ class ControllerService:
             sessions = db.make_sessionmaker(engine)
             self.registry = Registry(sessions)
             self.jobs = JobStore(sessions, JobFeed())
+            intake = Intake(self.jobs)
             presence = Presence(sessions, heartbeat_timeout_s=cfg.heartbeat_timeout_s)
             self.audit = Audit(sessions)
             self.commands = CommandStore(sessions)
@@ -105,11 +123,12 @@ class ControllerService:
                     self.tls_files = self._tls_files(cfg)
                     tls_ctx = self._client_tls(self.tls_files)
             else:
-                listener = ListenerSpec(host=cfg.mqtt_bind[0], port=cfg.mqtt_bind[1])
+                assert self._broker_factory is not None
+                listener = Listener(host=cfg.mqtt_bind[0], port=cfg.mqtt_bind[1])
                 if cfg.tls:
                     self.tls_files = self._tls_files(cfg)
                     tls_ctx = self._client_tls(self.tls_files)
-                    listener = ListenerSpec(
+                    listener = Listener(
                         host=cfg.mqtt_bind[0],
                         port=cfg.mqtt_bind[1],
                         certfile=self.tls_files.server_cert,
@@ -117,8 +136,8 @@ class ControllerService:
                         cafile=self.tls_files.ca_cert,
                         require_client_cert=cfg.mtls,
                     )
-                self.broker = EmbeddedBroker(
-                    listeners=[listener],
+                self.broker = self._broker_factory(
+                    listener=listener,
                     credentials=DbCredentials(self.registry, cfg.controller_name),
                     on_refusal=self._broker_refusal,
                 )
@@ -142,9 +161,9 @@ class ControllerService:
                 commands=self.commands,
                 on_kick=self.broker.kick if self.broker else None,
                 audit=self.audit,
+                intake=intake,
             )
-            ctl_task = asyncio.create_task(self.controller.run(), name="controller")
-            self._tasks.append(ctl_task)
+            self.supervisor.start("controller", self.controller.run())
             self.packages = PackageStore(cfg.data_dir.root / "packages")
             self.rollouts = Rollouts(
                 sessions,
@@ -152,12 +171,13 @@ class ControllerService:
                 command_args=update_args(self.packages),
                 wake_outbox=self.controller.wake_outbox,
             )
-            self._tasks.append(asyncio.create_task(self.rollouts.run(), name="rollouts"))
+            self.supervisor.start("rollouts", self.rollouts.run())
 
             app = create_app(
                 ApiContext(
                     registry=self.registry,
                     jobs=self.jobs,
+                    intake=intake,
                     controller=self.controller,
                     agent_config=self.agent_config,
                     health=self.health,
@@ -181,8 +201,7 @@ class ControllerService:
                 )
             )
             self._server = server
-            http_task = asyncio.create_task(server.serve(), name="http")
-            self._tasks.append(http_task)
+            http_task = self.supervisor.start("http", server.serve())
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
             while not server.started:
@@ -229,15 +248,7 @@ class ControllerService:
         server = getattr(self, "_server", None)
         if server is not None:
             server.should_exit = True
-        for task in reversed(self._tasks):
-            if task.get_name() == "http":
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(task), timeout=5)
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self.supervisor.stop(grace={"http": 5.0})
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await stack.aclose()
@@ -275,7 +286,7 @@ class ControllerService:
         if self.mosquitto_sync is not None:
             await self.mosquitto_sync.sync()
 
-    def _broker_refusal(self, refusal: Refusal) -> None:
+    def _broker_refusal(self, refusal: BrokerRefusal) -> None:
         controller = getattr(self, "controller", None)
         if controller is not None:
             controller.note_broker_refusal(refusal)
@@ -323,6 +334,8 @@ class ControllerService:
         except Exception as exc:  # the probe reports, it does not raise
             checks["database"] = f"error: {exc}"
         checks["broker_link"] = "ok" if self.controller.connected.is_set() else "disconnected"
+        failure = self.supervisor.failure
+        checks["tasks"] = "ok" if failure is None else f"error: {failure}"
         ok = all(v == "ok" for v in checks.values())
         return {"status": "ok" if ok else "degraded", "version": __version__, **checks}
 
@@ -344,6 +357,8 @@ def _url_host(host: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running(config: ControllerConfig) -> AsyncIterator[ControllerService]:
-    async with ControllerService(config) as svc:
+async def running(
+    config: ControllerConfig, *, broker: BrokerFactory | None = None
+) -> AsyncIterator[ControllerService]:
+    async with ControllerService(config, broker=broker) as svc:
         yield svc

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from broker import EmbeddedBroker, ListenerSpec, export_mosquitto
 from cloud import db
+from cloud.broker_port import BrokerRefusal, Listener
 from cloud.config import ControllerConfig, DataDir, parse_hostport
 from cloud.errors import ControllerError, NotFound
 from cloud.registry import DbCredentials, PrinterInput, Registry
@@ -30,6 +31,21 @@ from kernel.signals import wait_for_signal
 from kernel.sim.printer import PtyPrinter
 
 DEMO_DEVICE = "demo"
+
+
+def embedded_broker(
+    *, listener: Listener, credentials: DbCredentials, on_refusal: Callable[[BrokerRefusal], None]
+) -> EmbeddedBroker:
+    """The controller's embedded broker (a :class:`cloud.broker_port.BrokerFactory`)."""
+    spec = ListenerSpec(
+        host=listener.host,
+        port=listener.port,
+        certfile=listener.certfile,
+        keyfile=listener.keyfile,
+        cafile=listener.cafile,
+        require_client_cert=listener.require_client_cert,
+    )
+    return EmbeddedBroker(listeners=[spec], credentials=credentials, on_refusal=on_refusal)
 
 
 def sample_receipt(order: str) -> dict[str, Any]:
@@ -86,7 +102,7 @@ async def demo_agent(svc: ControllerService, state_root: Path) -> AsyncIterator[
 
 
 async def serve(config: ControllerConfig, *, demo: bool, console: Console) -> None:
-    async with ControllerService(config) as svc:
+    async with ControllerService(config, broker=embedded_broker) as svc:
         ep = svc.endpoints
         assert ep is not None
         console.print(f"printfleet is up (data in {config.data_dir.root})")
@@ -106,8 +122,18 @@ async def serve(config: ControllerConfig, *, demo: bool, console: Console) -> No
                 console.print("  printfleet jobs list")
                 stack.push_async_callback(_show_printed, printer, console)
             console.print("Stop with Ctrl-C.")
-            sig = await wait_for_signal()
-            console.print(f"{sig}: shutting down")
+            # until a signal, or until a supervised task dies (svc.run raises: exit non-zero)
+            signal_task = asyncio.create_task(wait_for_signal(), name="signals")
+            run_task = asyncio.create_task(svc.run(), name="service")
+            try:
+                await asyncio.wait({signal_task, run_task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                signal_task.cancel()
+                run_task.cancel()
+                await asyncio.gather(signal_task, return_exceptions=True)
+            if not run_task.cancelled() and run_task.done() and run_task.exception() is not None:
+                raise run_task.exception()  # type: ignore[misc]
+            console.print(f"{signal_task.result()}: shutting down")
 
 
 async def _show_printed(printer: PtyPrinter, console: Console) -> None:
@@ -166,7 +192,10 @@ async def run_demo(*, console: Console, timeout: float) -> bool:
     """The bounded demo: HTTP API -> controller -> broker -> agent -> serial pty -> simulated printer."""
     with tempfile.TemporaryDirectory(prefix="printfleet-demo-") as tmp:
         root = Path(tmp)
-        async with ControllerService(_demo_config(root)) as svc, PtyPrinter() as printer:
+        async with (
+            ControllerService(_demo_config(root), broker=embedded_broker) as svc,
+            PtyPrinter() as printer,
+        ):
             ep = svc.endpoints
             assert ep is not None
             console.print(f"controller up: HTTP {ep.http_url}, MQTT {ep.mqtt_urls[0]} (embedded broker)")
@@ -254,7 +283,9 @@ async def _degraded_demo(console: Console, timeout: float) -> bool:
         root = Path(tmp)
         async with contextlib.AsyncExitStack() as stack:
             step(1, "controller, host agent, BLE printer and phone bridge")
-            svc = await stack.enter_async_context(ControllerService(_demo_config(root)))
+            svc = await stack.enter_async_context(
+                ControllerService(_demo_config(root), broker=embedded_broker)
+            )
             ep = svc.endpoints
             assert ep is not None
             console.print(f"controller up: HTTP {ep.http_url}, MQTT {ep.mqtt_urls[0]} (embedded broker)")

@@ -23,6 +23,7 @@ from cloud.config import ControllerConfig, DataDir
 from cloud.registry import DbCredentials, Registry
 from cloud.service import ControllerService
 from device_agent.config import load_config, write_config
+from printfleet.runner import embedded_broker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -236,7 +237,7 @@ async def running_fleet(root: Path, broker_kind: str, **config: Any) -> AsyncIte
             }
         settings: dict[str, Any] = {"mqtt_bind": ("127.0.0.1", 0), "http_bind": ("127.0.0.1", 0), **config}
         cfg = ControllerConfig(data_dir=dd, db_url=dd.db_url, external_broker=external, **settings)
-        svc = await stack.enter_async_context(ControllerService(cfg))
+        svc = await stack.enter_async_context(ControllerService(cfg, broker=embedded_broker))
         fleet = Fleet(svc=svc, root=root, broker_kind=broker_kind, mosquitto=mosq)
         try:
             yield fleet

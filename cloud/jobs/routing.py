@@ -4,7 +4,9 @@ A printer's path is *degraded* when its host is offline, or online with a measur
 above the printer's latency threshold. A job on a degraded path goes to a bridge: first the
 bridge it came from (its ``origin``), then any online bridge registered near the printer.
 
-One executor at a time. The rules, each enforced by a compare-and-set in the database:
+Routing reads jobs and decides; every write is asked of the :class:`~cloud.jobs.store.JobStore`
+(a judge per move, applied as one compare-and-set through the state machine). One executor at a
+time. The rules:
 
 * An executor (agent or bridge) writes no byte of a job before the controller granted its
   :class:`~kernel.wire.JobClaim`. A claim is granted only while the job is routed to that
@@ -25,11 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import and_, or_, select
 
-from cloud.jobs import JobStore
-from cloud.models import Device, Job, JobEvent, Printer
+from cloud.jobs.states import RELEASE_FROM, REROUTE_FROM, Cause
+from cloud.jobs.store import CONTENDED, Change, JobStore, Refused
+from cloud.models import Device, Job, Printer
 from kernel import wire
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ _TERMINAL = [st.value for st in wire.TERMINAL_JOB_STATES]
 
 
 #: The reason of a claim answer that is not a refusal: ask again (the executor keeps the job).
-RETRY_LATER = "busy, ask again"
+RETRY_LATER = CONTENDED
 
 #: A bridge still online but silent this long past its lease is treated as gone.
 BRIDGE_SILENCE_MS = 300_000
@@ -107,11 +109,9 @@ def reachable_over_ble(printer: Printer) -> bool:
 
 
 class Router:
-    def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], jobs: JobStore, config: RoutingConfig
-    ) -> None:
-        self._sessions = sessions
+    def __init__(self, jobs: JobStore, config: RoutingConfig) -> None:
         self._jobs = jobs
+        self._sessions = jobs.sessions
         self.config = config
 
     # -- the right to print -------------------------------------------------------------------
@@ -119,64 +119,44 @@ class Router:
     async def claim(self, job_id: str, executor: str, now: int) -> Claim:
         """Grant ``executor`` the right to start writing ``job_id``, if the job is still its to print.
 
-        A compare-and-set on what was read; a concurrent change (the outbox recording a dispatch,
-        a report) is never a reason to refuse: the claim is judged again on the new row. Only a
-        definite answer (routed elsewhere, finished, cancelled, expired) refuses it.
+        A concurrent change (the outbox recording a dispatch, a report) is never a reason to refuse:
+        the store judges the claim again on the new row. Only a definite answer (routed elsewhere,
+        finished, cancelled, expired) refuses it.
         """
         lease_s = self.config.bridge_lease_s if executor.startswith("brg-") else self.config.lease_s
-        for _ in range(8):
-            async with self._sessions.begin() as s:
-                job = await s.get(Job, job_id)
-                if job is None:
-                    return Claim(granted=False, reason="no such job")
-                state = S(job.state)
-                if state.terminal:
-                    return Claim(granted=False, reason=f"job already {job.state}")
-                holder = job.executor or wire.Peer(role=wire.Role.DEVICE, name=job.device_name).client_id
-                if holder != executor:
-                    return Claim(granted=False, reason=f"job routed to {holder}")
-                if job.cancel_requested_at is not None and job.claimed_at is None:
-                    return Claim(granted=False, reason="cancel requested")
-                if job.claimed_at is None and job.expires_at is not None and now > job.expires_at:
-                    return Claim(granted=False, reason="expired before printing")
-                lease_until = now + int(lease_s * 1000)
-                if job.expires_at is not None and job.claimed_at is None:
-                    lease_until = min(lease_until, max(job.expires_at, now + 1000))
-                done = await s.execute(
-                    update(Job)
-                    .where(
-                        Job.id == job_id,
-                        Job.state == job.state,
-                        Job.executor.is_(None) if job.executor is None else Job.executor == executor,
-                        Job.route == job.route,
-                        Job.cancel_requested_at.is_(None)
-                        if job.cancel_requested_at is None
-                        else Job.cancel_requested_at.is_not(None),
-                    )
-                    .values(
-                        claimed_at=job.claimed_at or now,
-                        lease_until=lease_until,
-                        executor=executor,
-                        updated_at=now,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                if not int(getattr(done, "rowcount", 0) or 0):
-                    await s.rollback()
-                    continue  # the row moved between the read and the write: judge it again
-                if job.claimed_at is None:
-                    s.add(
-                        JobEvent(
-                            job_id=job_id,
-                            at=now,
-                            state=job.state,
-                            detail=f"granted to {executor}",
-                            source=executor,
-                        )
-                    )
-            return Claim(granted=True, lease_until=lease_until)
-        log.warning("claim of job %s by %s: the job kept changing; not answered", job_id, executor)
-        return Claim(granted=False, reason=RETRY_LATER)
+
+        def judge(job: Job) -> Change | Refused:
+            if wire.JobState(job.state).terminal:
+                return Refused(reason=f"job already {job.state}")
+            holder = job.executor or wire.Peer(role=wire.Role.DEVICE, name=job.device_name).client_id
+            if holder != executor:
+                return Refused(reason=f"job routed to {holder}")
+            if job.cancel_requested_at is not None and job.claimed_at is None:
+                return Refused(reason="cancel requested")
+            if job.claimed_at is None and job.expires_at is not None and now > job.expires_at:
+                return Refused(reason="expired before printing")
+            lease_until = now + int(lease_s * 1000)
+            if job.expires_at is not None and job.claimed_at is None:
+                lease_until = min(lease_until, max(job.expires_at, now + 1000))
+            return Change(
+                values={
+                    "claimed_at": job.claimed_at or now,
+                    "lease_until": lease_until,
+                    "executor": executor,
+                    "updated_at": now,
+                },
+                detail=f"granted to {executor}",
+                source=executor,
+                at=now,
+                note=job.claimed_at is None,
+            )
+
+        result = await self._jobs.apply(job_id, judge)
+        if isinstance(result, Refused):
+            if result.reason == CONTENDED:
+                log.warning("claim of job %s by %s: the job kept changing; not answered", job_id, executor)
+            return Claim(granted=False, reason=result.reason)
+        return Claim(granted=True, lease_until=result.values["lease_until"])
 
     async def refuse_claim_outcome(self, job_id: str, claim: Claim) -> None:
         """A refused claim can end a job the claimant will now never print (cancel, expiry)."""
@@ -191,25 +171,29 @@ class Router:
 
     # -- planning offers ----------------------------------------------------------------------
 
+    def _reroutable(self, now: int) -> Any:
+        """Jobs on the normal path nobody holds the right to print, that may change executor now."""
+        margin = self.config.skew_margin_ms
+        return and_(
+            Job.route == "agent",
+            Job.claimed_at.is_(None),
+            Job.cancel_requested_at.is_(None),
+            Job.payload.is_not(None),
+            Job.state.in_([st.value for st in REROUTE_FROM]),
+            or_(
+                Job.state == S.QUEUED.value,
+                and_(Job.state == S.DISPATCHED.value, Job.acked.is_(False)),
+                and_(Job.lease_until.is_not(None), Job.lease_until < now - margin),
+            ),
+        )
+
     async def plan(self, now: int, limit: int = 100) -> list[Offer]:
         """Offer every reroutable job on a degraded path to a bridge that can take it (recorded first)."""
-        margin = self.config.skew_margin_ms
         async with self._sessions() as s:
             jobs = (
                 await s.scalars(
                     select(Job)
-                    .where(
-                        Job.route == "agent",
-                        Job.claimed_at.is_(None),
-                        Job.cancel_requested_at.is_(None),
-                        Job.payload.is_not(None),
-                        Job.state.notin_(_TERMINAL),
-                        or_(
-                            Job.state == S.QUEUED.value,
-                            and_(Job.state == S.DISPATCHED.value, Job.acked.is_(False)),
-                            and_(Job.lease_until.is_not(None), Job.lease_until < now - margin),
-                        ),
-                    )
+                    .where(self._reroutable(now))
                     .order_by(Job.priority.desc(), Job.seq)
                     .limit(limit)
                 )
@@ -256,52 +240,45 @@ class Router:
         return near[0] if near else None
 
     async def _record_offer(
-        self, job: Job, printer: Printer, bridge: Device, reason: str, now: int
+        self, planned: Job, printer: Printer, bridge: Device, reason: str, now: int
     ) -> Offer | None:
         offer_id = wire.new_id()
         grant_until = now + int(self.config.offer_s * 1000)
         executor = wire.Peer(role=wire.Role.BRIDGE, name=bridge.name).client_id
         detail = f"rerouted to bridge {bridge.name}: {reason}"
-        async with self._sessions.begin() as s:
-            same_executor = Job.executor.is_(None) if job.executor is None else Job.executor == job.executor
-            done = await s.execute(
-                update(Job)
-                .where(
-                    Job.id == job.id,
-                    Job.state == job.state,
-                    Job.route == "agent",
-                    Job.claimed_at.is_(None),
-                    Job.cancel_requested_at.is_(None),
-                    same_executor,
-                )
-                .values(
-                    route="bridge",
-                    executor=executor,
-                    state=S.DISPATCHED.value,
-                    acked=False,
-                    offer_id=offer_id,
-                    offer_until=grant_until,
-                    lease_until=None,
-                    tried_bridges=[*(job.tried_bridges or ()), bridge.name],
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
+
+        def judge(job: Job) -> Change | Refused:
+            if (job.state, job.executor, job.route) != (planned.state, planned.executor, "agent") or (
+                job.claimed_at is not None or job.cancel_requested_at is not None
+            ):
+                return Refused(reason="moved since planned")  # judged again at the next plan
+            return Change(
+                state=S.DISPATCHED,
+                cause=Cause.REROUTE,
+                values={
+                    "route": "bridge",
+                    "executor": executor,
+                    "offer_id": offer_id,
+                    "offer_until": grant_until,
+                    "lease_until": None,
+                    "tried_bridges": [*(job.tried_bridges or ()), bridge.name],
+                    "updated_at": now,
+                },
+                detail=detail,
+                at=now,
             )
-            if not int(getattr(done, "rowcount", 0) or 0):
-                return None  # the job moved meanwhile (a report, a claim): judged again next time
-            s.add(
-                JobEvent(job_id=job.id, at=now, state=S.DISPATCHED.value, detail=detail, source="controller")
-            )
-        self._publish(job, S.DISPATCHED, detail, now)
-        log.info("job %s: %s", job.id, detail)
+
+        if isinstance(await self._jobs.apply(planned.id, judge, attempts=1), Refused):
+            return None
+        log.info("job %s: %s", planned.id, detail)
         return Offer(
-            job_id=job.id,
+            job_id=planned.id,
             offer_id=offer_id,
             bridge=bridge.name,
             printer=ble_printer(printer),
             grant_until=grant_until,
-            size=job.payload_size,
-            sha256=job.payload_sha256,
+            size=planned.payload_size,
+            sha256=planned.payload_sha256,
             reason=reason,
         )
 
@@ -343,74 +320,71 @@ class Router:
             "skipped": "identity not checked (policy off)",
         }[ready.identity]
         detail = f"bridge {bridge} connected to the printer ({note}; {ready.profile or 'profile ?'})"
-        await self._jobs.transition(job.id, S.DELIVERED, detail=detail, source=executor, at=now)
-        async with self._sessions.begin() as s:
-            await s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.offer_id == ready.offer_id, Job.claimed_at.is_(None))
-                .values(offer_until=now + int(self.config.offer_s * 1000), detail=note)
-                .execution_options(synchronize_session=False)
-            )
+
+        def judge(row: Job) -> Change | Refused:
+            values: dict[str, Any] = {}
+            if row.offer_id == ready.offer_id and row.claimed_at is None:
+                # the bridge has its hand-over time from now on
+                values = {"offer_until": now + int(self.config.offer_s * 1000), "detail": note}
+            if S(row.state) in (S.QUEUED, S.DISPATCHED):
+                return Change(state=S.DELIVERED, values=values, detail=detail, source=executor, at=now)
+            return Change(values=values) if values else Refused(reason=f"job {row.state}")
+
+        await self._jobs.apply(job.id, judge)
         return job, None
 
     async def release(
-        self, job_id: str, offer_id: str, reason: str, now: int, *, executor: str | None = None
+        self,
+        job_id: str,
+        offer_id: str,
+        reason: str,
+        now: int,
+        *,
+        executor: str | None = None,
+        undo_claim: bool = False,
     ) -> bool:
-        """Take an unclaimed job back from a bridge: the normal path (or the next bridge) takes over.
+        """Take a job back from a bridge before it was granted the right to print: the normal path
+        (or the next bridge) takes over (:attr:`~cloud.jobs.states.Cause.RELEASE`).
 
         ``executor``: only if the job is offered to that bridge (a bridge's own ``bridge.failed``).
+        ``undo_claim``: that bridge says it wrote nothing, so a grant it had is void.
         """
-        async with self._sessions.begin() as s:
-            job = await s.get(Job, job_id)
-            if job is None or (executor is not None and job.executor != executor):
-                return False
-            done = await s.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.route == "bridge",
-                    Job.offer_id == offer_id,
-                    Job.claimed_at.is_(None),
-                    Job.state.notin_(_TERMINAL),
-                )
-                .values(
-                    route="agent",
-                    executor=wire.Peer(role=wire.Role.DEVICE, name=job.device_name).client_id,
-                    state=S.DISPATCHED.value,
-                    acked=False,
-                    offer_id=None,
-                    offer_until=None,
-                    next_attempt_at=now,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
+
+        def judge(job: Job) -> Change | Refused:
+            if executor is not None and job.executor != executor:
+                return Refused(reason="not offered to this bridge")
+            if job.route != "bridge" or job.offer_id != offer_id or S(job.state) not in RELEASE_FROM:
+                return Refused(reason="not on this offer")
+            if job.claimed_at is not None and not undo_claim:
+                return Refused(reason="granted")
+            return Change(
+                state=S.DISPATCHED,
+                cause=Cause.RELEASE,
+                values={
+                    "route": "agent",
+                    "executor": wire.Peer(role=wire.Role.DEVICE, name=job.device_name).client_id,
+                    "claimed_at": None,
+                    "offer_id": None,
+                    "offer_until": None,
+                    "next_attempt_at": now,
+                    "updated_at": now,
+                },
+                detail=f"back to the normal path: {reason}",
+                at=now,
             )
-            if not int(getattr(done, "rowcount", 0) or 0):
-                return False
-            detail = f"back to the normal path: {reason}"
-            s.add(
-                JobEvent(job_id=job_id, at=now, state=S.DISPATCHED.value, detail=detail, source="controller")
-            )
-        self._publish(job, S.DISPATCHED, detail, now)
-        return True
+
+        return isinstance(await self._jobs.apply(job_id, judge), Change)
 
     async def bridge_failed(self, bridge: str, failed: wire.BridgeFailed, now: int) -> bool:
         """The bridge wrote nothing: undo its claim (if any) and take the job back."""
         executor = wire.Peer(role=wire.Role.BRIDGE, name=bridge).client_id
-        async with self._sessions.begin() as s:
-            await s.execute(
-                update(Job)
-                .where(
-                    Job.id == failed.job_id,
-                    Job.executor == executor,
-                    Job.offer_id == failed.offer_id,
-                    Job.state.in_([S.DISPATCHED.value, S.DELIVERED.value]),
-                )
-                .values(claimed_at=None)
-                .execution_options(synchronize_session=False)
-            )
         return await self.release(
-            failed.job_id, failed.offer_id, f"bridge {bridge}: {failed.reason}", now, executor=executor
+            failed.job_id,
+            failed.offer_id,
+            f"bridge {bridge}: {failed.reason}",
+            now,
+            executor=executor,
+            undo_claim=True,
         )
 
     async def lapsed(self, now: int, online: set[str]) -> None:
@@ -442,13 +416,3 @@ class Router:
                     detail=f"bridge {bridge} went silent while it held the job; it may have printed",
                     source="controller",
                 )
-
-    def _publish(self, job: Job, state: wire.JobState, detail: str, now: int) -> None:
-        event: dict[str, Any] = {
-            "job": job.id,
-            "printer": job.printer_name,
-            "state": state.value,
-            "detail": detail,
-            "at": now,
-        }
-        self._jobs.feed.publish(event)
