@@ -1,231 +1,26 @@
-"""Who may connect, and what each client may touch: credentials, the access policy, amqtt plugins.
+"""amqtt plugins that hand amqtt's checks to :class:`broker.policy.AccessPolicy`.
 
-The policy is broker-agnostic: :class:`AccessPolicy` decides from :func:`kernel.wire.access_rules`,
-the same rules :mod:`broker.mosquitto` writes into mosquitto's ACL file. The two amqtt plugins at the
-bottom only adapt it to amqtt's plugin interface.
+amqtt calls the auth plugin once per session and the topic plugin for every SUBSCRIBE, PUBLISH and
+delivery (RECEIVE); both only adapt the policy to amqtt's plugin interface.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import Enum, IntEnum
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from kernel import wire
-from kernel.errors import PrintfleetError
+from .credentials import BrokerError, Refusal
+from .policy import AccessPolicy, TopicAction
 
-from .passwords import verify_password
-
-__all__ = [
-    "AccessPolicy",
-    "Admission",
-    "BrokerError",
-    "ConnectRefusal",
-    "Credential",
-    "CredentialSource",
-    "FleetAuthPlugin",
-    "FleetTopicPlugin",
-    "StaticCredentials",
-    "TopicAction",
-]
+__all__ = ["FleetAuthPlugin", "FleetTopicPlugin"]
 
 logger = logging.getLogger(__name__)
-
-
-class BrokerError(PrintfleetError):
-    """The broker could not start, stop or be configured."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Credential:
-    """What the broker knows about one MQTT user. The username and client id are ``peer.client_id``."""
-
-    peer: wire.Peer
-    password_hash: str  # mosquitto's $7$ format, see broker.passwords
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.password_hash.startswith("$7$"):
-            raise BrokerError(f"credential for {self.peer}: password_hash is not a $7$ hash")
-
-    @property
-    def username(self) -> str:
-        return self.peer.client_id
-
-
-@runtime_checkable
-class CredentialSource(Protocol):
-    """Where the broker looks a username up, on every CONNECT (so a database-backed source is live)."""
-
-    async def lookup(self, username: str) -> Credential | None: ...
-
-
-class StaticCredentials(dict[str, Credential]):
-    """An in-memory :class:`CredentialSource`: username -> credential. Mutate it while the broker runs."""
-
-    @classmethod
-    def of(cls, *credentials: Credential) -> StaticCredentials:
-        return cls({c.username: c for c in credentials})
-
-    def add(self, credential: Credential) -> None:
-        self[credential.username] = credential
-
-    async def lookup(self, username: str) -> Credential | None:
-        return self.get(username)
-
-
-class TopicAction(Enum):
-    SUBSCRIBE = "subscribe"
-    PUBLISH = "publish"
-    RECEIVE = "receive"
-
-
-class ConnectRefusal(IntEnum):
-    """CONNACK return codes of MQTT 3.1.1 that the admission check can answer."""
-
-    UNACCEPTABLE_PROTOCOL = 0x01
-    IDENTIFIER_REJECTED = 0x02
-    SERVER_UNAVAILABLE = 0x03
-    BAD_USERNAME_PASSWORD = 0x04
-    NOT_AUTHORIZED = 0x05
-
-
-@dataclass(frozen=True, kw_only=True)
-class Admission:
-    """The outcome of checking one CONNECT: a peer, or the reason it is refused."""
-
-    peer: wire.Peer | None = None
-    refusal: ConnectRefusal | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Refusal:
-    """Something the broker refused a client: reported to whoever audits the fleet."""
-
-    client: str
-    action: str  # "connect", "subscribe" or "publish"
-    target: str | None
-    reason: str
-
-
-RefusalHook = Callable[[Refusal], None]
-
-
-@dataclass(kw_only=True)
-class AccessPolicy:
-    """Authentication and topic ACLs for the embedded broker (the mosquitto files encode the same)."""
-
-    credentials: CredentialSource
-    lookup_timeout: float = 10.0
-    #: Called (synchronously, so it must not block) for every refused CONNECT, SUBSCRIBE and PUBLISH.
-    on_refusal: RefusalHook | None = None
-    #: Client ids admitted by the CONNECT gate (with the connection's address); the auth plugin
-    #: confirms each admission exactly once.
-    _admitted: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
-
-    async def admit(
-        self,
-        *,
-        client_id: str | None,
-        username: str | None,
-        password: str | None,
-        will_topic: str | None,
-    ) -> Admission:
-        """Check a CONNECT's identity: credentials, client id == username, and the will topic."""
-        if username is None:
-            return Admission(refusal=ConnectRefusal.NOT_AUTHORIZED, reason="anonymous")
-        if password is None:
-            return Admission(refusal=ConnectRefusal.BAD_USERNAME_PASSWORD, reason="no password")
-        if client_id != username:
-            return Admission(
-                refusal=ConnectRefusal.IDENTIFIER_REJECTED,
-                reason=f"client id {client_id!r} is not the username",
-            )
-        try:
-            credential = await asyncio.wait_for(self.credentials.lookup(username), self.lookup_timeout)
-        except TimeoutError:
-            logger.warning("credential lookup for %s timed out", username)
-            return Admission(refusal=ConnectRefusal.SERVER_UNAVAILABLE, reason="credential lookup timed out")
-        if credential is None or credential.username != username:
-            # Still spend the hashing time, so an unknown user is not told apart by timing.
-            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
-            return Admission(refusal=ConnectRefusal.BAD_USERNAME_PASSWORD, reason="unknown user")
-        if not await asyncio.to_thread(verify_password, password, credential.password_hash):
-            return Admission(refusal=ConnectRefusal.BAD_USERNAME_PASSWORD, reason="wrong password")
-        if not credential.enabled:
-            return Admission(refusal=ConnectRefusal.NOT_AUTHORIZED, reason="credential disabled")
-        if will_topic is not None and not self.may(credential.peer, will_topic, TopicAction.PUBLISH):
-            return Admission(
-                refusal=ConnectRefusal.NOT_AUTHORIZED, reason=f"will topic {will_topic!r} not allowed"
-            )
-        return Admission(peer=credential.peer)
-
-    # -- the handshake between the CONNECT gate and amqtt's auth plugin --------------------------
-    # The gate admits one connection per client id at a time (a newer one takes over first); amqtt
-    # then authenticates the session built from that same CONNECT. Keyed by client id because amqtt
-    # reuses a persistent session object, which still carries the previous connection's address.
-
-    def mark_admitted(self, client_id: str, address: tuple[str, int]) -> None:
-        self._admitted[client_id] = address
-
-    def refused(self, refusal: Refusal) -> None:
-        if self.on_refusal is not None:
-            try:
-                self.on_refusal(refusal)
-            except Exception:  # an audit hook must never break the broker
-                logger.exception("refusal hook failed")
-
-    def forget(self, client_id: str, address: tuple[str, int]) -> None:
-        if self._admitted.get(client_id) == address:
-            del self._admitted[client_id]
-
-    def confirm(self, session: Session) -> bool:
-        """True once for a session whose CONNECT the gate admitted."""
-        if session.client_id is None:
-            return False
-        admitted = self._admitted.pop(session.client_id, None)
-        return admitted is not None and session.client_id == session.username
-
-    # -- topics ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def may(peer: wire.Peer, topic: str, action: TopicAction) -> bool:
-        """Whether ``peer`` may subscribe to the filter / publish to / receive from the topic ``topic``."""
-        rules = wire.access_rules(peer)
-        match action:
-            case TopicAction.SUBSCRIBE:
-                return any(r.read and wire.filter_within(topic, r.filter) for r in rules)
-            case TopicAction.PUBLISH:
-                return any(r.write and wire.topic_matches(r.filter, topic) for r in rules)
-            case TopicAction.RECEIVE:
-                return any(r.read and wire.topic_matches(r.filter, topic) for r in rules)
-
-    @staticmethod
-    def may_retain(peer: wire.Peer) -> bool:
-        """Only the controller stores retained messages (the wire contract retains ctl/presence only)."""
-        return peer.role is wire.Role.CONTROLLER
-
-    @staticmethod
-    def session_peer(session: Session | None) -> wire.Peer | None:
-        """The peer of an authenticated session (its username), or None."""
-        if session is None or session.username is None or session.username != session.client_id:
-            return None
-        try:
-            return wire.Peer.from_client_id(session.username)
-        except wire.WireError:
-            return None
-
-
-# A valid hash of a random secret, used to equalise timing for unknown usernames.
-_DUMMY_HASH = "$7$1000$c2FsdHNhbHRzYWx0$" + "A" * 86 + "=="
 
 _ACTIONS: Mapping[Action, TopicAction] = {
     Action.SUBSCRIBE: TopicAction.SUBSCRIBE,

@@ -35,10 +35,10 @@ import aiomqtt
 
 from kernel import wire
 
-from .embedded import DEFAULT_MAX_PACKET_BYTES
+from .credentials import BrokerError, Credential
+from .listener import DEFAULT_MAX_PACKET_BYTES
 from .mosquitto import MosquittoFiles, MosquittoTls, export_mosquitto
 from .passwords import generate_secret, hash_password
-from .plugins import BrokerError, Credential
 
 __all__ = [
     "MOSQUITTO_BINARY",

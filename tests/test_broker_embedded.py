@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -666,3 +668,105 @@ async def test_queued_messages_for_offline_session_arrive_in_order_without_retai
         await log.wait_for(down, b"job 4")
         assert log.payloads() == [(down, f"job {i}".encode()) for i in range(5)]
         assert not any(m.retain for m in log.messages)
+
+
+# ----------------------------------------------------------------------------------------------
+# Subscriptions changing while messages are routed.
+
+#: The filters a controller may use that all match ``pf/v1/dev/a/up``: four keys of the broker's table.
+_UP_FILTERS = ("pf/v1/dev/a/up", "pf/v1/dev/+/up", "pf/v1/+/a/up", "pf/v1/+/+/up")
+
+
+async def _churn(account: Account, port: int, stop: asyncio.Event) -> int:
+    """Connect, subscribe, disconnect (a clean session: its filter leaves the table) until ``stop``."""
+    rounds = 0
+    while not stop.is_set():
+        async with account.client(port) as client:
+            await client.subscribe(account.peer.topic(DOWN), qos=1)
+        rounds += 1
+    return rounds
+
+
+async def test_subscribers_added_during_a_burst_do_not_cost_anyone_a_message(fleet: Fleet) -> None:
+    """amqtt 0.12.1 walks its live subscription table while it awaits (the ACL check of each
+    receiver): a SUBSCRIBE or a clean disconnect landing meanwhile ended the walk with "dictionary
+    changed size during iteration", and the message skipped every subscriber not yet reached. The
+    wrapper's table hands out a snapshot. Every reader here must get every QoS 1 message of a burst
+    while other clients keep subscribing and leaving."""
+    readers = [make_account(Peer(role=Role.CONTROLLER, name=f"r{i}")) for i in range(16)]
+    churners = [make_account(Peer(role=Role.DEVICE, name=f"j{i}")) for i in range(12)]
+    source, burst = fleet.a, 60
+    topic = source.peer.topic(UP)
+    creds = StaticCredentials.of(source.credential, *(acc.credential for acc in readers + churners))
+    async with (
+        EmbeddedBroker(listeners=[ListenerSpec(port=0)], credentials=creds) as broker,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        logs: list[MessageLog] = []
+        for i, reader in enumerate(readers):
+            client = await stack.enter_async_context(reader.client(broker.port))
+            logs.append(await stack.enter_async_context(MessageLog(client)))
+            await client.subscribe(_UP_FILTERS[i % len(_UP_FILTERS)], qos=1)
+        stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            churn = [tg.create_task(_churn(acc, broker.port, stop)) for acc in churners]
+            async with source.client(broker.port) as publisher:
+                for n in range(burst):
+                    await publisher.publish(topic, f"m{n}".encode(), qos=1)
+            stop.set()
+        assert sum(task.result() for task in churn) >= len(churners)
+        expected = [(topic, f"m{n}".encode()) for n in range(burst)]
+        for reader, log in zip(readers, logs, strict=True):
+            with contextlib.suppress(TimeoutError):
+                await log.wait_for(topic, f"m{burst - 1}".encode(), within=TIMEOUT)
+            assert sorted(log.payloads()) == sorted(expected), reader.client_id
+
+
+async def test_persistent_sessions_reconnecting_while_others_subscribe_keep_working(fleet: Fleet) -> None:
+    """On a CONNECT of a persistent session amqtt walks the same live table to replay retained
+    messages for the session's subscriptions (awaiting each send): a change meanwhile killed that
+    connection's message loop after its CONNACK. The 50-agent rollout met it when updated agents
+    reconnected while others subscribed."""
+    hosts = [make_account(Peer(role=Role.DEVICE, name=f"h{i}")) for i in range(16)]
+    churners = [make_account(Peer(role=Role.DEVICE, name=f"j{i}")) for i in range(12)]
+    ctl = fleet.controller
+    creds = StaticCredentials.of(ctl.credential, *(acc.credential for acc in hosts + churners))
+    async with (
+        EmbeddedBroker(listeners=[ListenerSpec(port=0)], credentials=creds) as broker,
+        ctl.client(broker.port) as controller,
+    ):
+        port = broker.port
+        await controller.publish(wire.CONTROLLER_PRESENCE_TOPIC, b"online", qos=1, retain=True)
+        for host in hosts:  # first connection: the session and its subscriptions are stored
+            async with host.client(port, clean_session=False) as client:
+                await client.subscribe(host.peer.topic(DOWN), qos=1)
+                await client.subscribe(wire.CONTROLLER_PRESENCE_TOPIC, qos=1)
+
+        async def reconnect(host: Account) -> None:
+            async with host.client(port, clean_session=False) as client, MessageLog(client) as log:
+                await log.wait_for(wire.CONTROLLER_PRESENCE_TOPIC, b"online", within=TIMEOUT)
+                await controller.publish(host.peer.topic(DOWN), b"job", qos=1)
+                await log.wait_for(host.peer.topic(DOWN), b"job", within=TIMEOUT)
+
+        stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            churn = [tg.create_task(_churn(acc, port, stop)) for acc in churners]
+            try:
+                for _ in range(3):
+                    await asyncio.gather(*(reconnect(host) for host in hosts))
+            finally:
+                stop.set()
+        assert sum(task.result() for task in churn) >= len(churners)
+
+
+def test_the_controllers_interface_loads_no_amqtt() -> None:
+    """cloud imports broker.credentials, broker.passwords and broker.acl only: none of them may load
+    amqtt (a controller on mosquitto or a cluster broker does not need it)."""
+    code = (
+        "import sys, broker.credentials, broker.passwords, broker.acl\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('amqtt', 'broker')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout.strip()
+    assert "amqtt" not in loaded and "broker.embedded" not in loaded, loaded
