@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from broker.mosquitto import render_acl, render_passwd
+from broker.acl import render_acl, render_passwd
 from cloud.registry import DbCredentials
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from broker import Credential
+from broker.credentials import Credential
 from broker.passwords import generate_secret, hash_password, verify_password
 from cloud.errors import Conflict, ControllerError, NotFound
 from cloud.models import ApiToken, Device, EnrollmentToken, Printer, Setting
