@@ -13,13 +13,10 @@ from urllib.parse import urlsplit
 import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from device_agent.errors import AgentConfigError, AgentError  # noqa: F401 - AgentError: callers import it from here
 from kernel import wire
 from kernel.config import BrokerAddress, TlsSettings, dump_config, parse_tls, write_secret_file
-from kernel.errors import ConfigError, PrintfleetError
-
-
-class AgentError(PrintfleetError):
-    """Configuration or runtime failure of the device agent."""
+from kernel.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,14 +61,14 @@ class AgentConfig:
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = data.get(name)
     if not isinstance(value, Mapping):
-        raise AgentError(f"agent config: missing [{name}] section")
+        raise AgentConfigError(f"agent config: missing [{name}] section")
     return value
 
 
 def _str(sec: Mapping[str, Any], key: str, where: str) -> str:
     value = sec.get(key)
     if not isinstance(value, str) or not value:
-        raise AgentError(f"agent config: [{where}] {key} must be a non-empty string")
+        raise AgentConfigError(f"agent config: [{where}] {key} must be a non-empty string")
     return value
 
 
@@ -82,41 +79,41 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
     try:
         wire.check_name(name, "device name")
     except wire.WireError as exc:
-        raise AgentError(f"agent config: {exc}") from exc
+        raise AgentConfigError(f"agent config: {exc}") from exc
     mqtt = _section(data, "mqtt")
     urls = mqtt.get("urls")
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-        raise AgentError("agent config: [mqtt] urls must be a non-empty list of mqtt:// URLs")
+        raise AgentConfigError("agent config: [mqtt] urls must be a non-empty list of mqtt:// URLs")
     try:
         brokers = tuple(BrokerAddress.parse(u) for u in urls)
     except ConfigError as exc:
-        raise AgentError(f"agent config: {exc}") from exc
+        raise AgentConfigError(f"agent config: {exc}") from exc
     username = _str(mqtt, "username", "mqtt")
     if username != wire.Peer(role=wire.Role.DEVICE, name=name).client_id:
-        raise AgentError(f"agent config: [mqtt] username must be 'dev-{name}'")
+        raise AgentConfigError(f"agent config: [mqtt] username must be 'dev-{name}'")
     password = _str(mqtt, "password", "mqtt")
     keepalive = mqtt.get("keepalive", 10)
     if not isinstance(keepalive, int) or isinstance(keepalive, bool) or not 2 <= keepalive <= 1200:
-        raise AgentError("agent config: [mqtt] keepalive must be an integer between 2 and 1200 seconds")
+        raise AgentConfigError("agent config: [mqtt] keepalive must be an integer between 2 and 1200 seconds")
     ctl = _section(data, "controller")
     http = _str(ctl, "http", "controller")
     if urlsplit(http).scheme not in ("http", "https"):
-        raise AgentError("agent config: [controller] http must be an http:// or https:// URL")
+        raise AgentConfigError("agent config: [controller] http must be an http:// or https:// URL")
     ctl_name = ctl.get("name", "main")
     if not isinstance(ctl_name, str):
-        raise AgentError("agent config: [controller] name must be a string")
+        raise AgentConfigError("agent config: [controller] name must be a string")
     keys = ctl.get("public_keys")
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
-        raise AgentError(
+        raise AgentConfigError(
             "agent config: [controller] public_keys must be a non-empty list of base64 Ed25519 keys"
         )
     try:
         public_keys = wire.parse_public_keys(keys)
     except wire.WireError as exc:
-        raise AgentError(f"agent config: [controller] public_keys: {exc}") from exc
+        raise AgentConfigError(f"agent config: [controller] public_keys: {exc}") from exc
     agent = data.get("agent", {})
     if not isinstance(agent, Mapping):
-        raise AgentError("agent config: [agent] must be a table")
+        raise AgentConfigError("agent config: [agent] must be a table")
     state_raw = agent.get("state_dir")
     if state_raw is None:
         systemd_state = os.environ.get("STATE_DIRECTORY")  # set by systemd's StateDirectory=
@@ -129,41 +126,43 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Ag
         if not state_dir.is_absolute() and base_dir is not None:
             state_dir = base_dir / state_dir
     else:
-        raise AgentError("agent config: [agent] state_dir must be a path")
+        raise AgentConfigError("agent config: [agent] state_dir must be a path")
     hb = agent.get("heartbeat_s", 0.0)
     if not isinstance(hb, int | float) or isinstance(hb, bool) or not 0 <= hb <= 600:
-        raise AgentError("agent config: [agent] heartbeat_s must be a number of seconds (0 = keepalive/2)")
+        raise AgentConfigError(
+            "agent config: [agent] heartbeat_s must be a number of seconds (0 = keepalive/2)"
+        )
     skew = agent.get("clock_skew_ms", 0)
     if not isinstance(skew, int) or isinstance(skew, bool):
-        raise AgentError("agent config: [agent] clock_skew_ms must be an integer")
+        raise AgentConfigError("agent config: [agent] clock_skew_ms must be an integer")
     poll = agent.get("status_poll_s", 5.0)
     if not isinstance(poll, int | float) or isinstance(poll, bool) or not 0.2 <= poll <= 600:
-        raise AgentError("agent config: [agent] status_poll_s must be between 0.2 and 600 seconds")
+        raise AgentConfigError("agent config: [agent] status_poll_s must be between 0.2 and 600 seconds")
     printers_raw = data.get("printers", [])
     if not isinstance(printers_raw, list):
-        raise AgentError("agent config: [[printers]] must be an array of tables")
+        raise AgentConfigError("agent config: [[printers]] must be an array of tables")
     printers: list[wire.PrinterSpec] = []
     for i, p in enumerate(printers_raw):
         try:
             printers.append(wire.validate_model(wire.PrinterSpec, p, f"printers[{i}]"))
         except wire.WireError as exc:
-            raise AgentError(f"agent config: {exc}") from exc
+            raise AgentConfigError(f"agent config: {exc}") from exc
     try:
         tls = parse_tls(data.get("tls"), base_dir, label="agent config")
     except ConfigError as exc:
-        raise AgentError(str(exc)) from exc
+        raise AgentConfigError(str(exc)) from exc
     if any(b.tls for b in brokers) and tls is None:
-        raise AgentError(
+        raise AgentConfigError(
             "agent config: mqtts:// brokers need a [tls] section with the fleet's CA (ca or ca_pem)"
         )
     maint = data.get("maintenance", {})
     if not isinstance(maint, Mapping):
-        raise AgentError("agent config: [maintenance] must be a table")
+        raise AgentConfigError("agent config: [maintenance] must be a table")
     host_cmds: dict[str, str | None] = {}
     for key in ("reboot_command", "shutdown_command"):
         value = maint.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise AgentError(f"agent config: [maintenance] {key} must be a command line")
+            raise AgentConfigError(f"agent config: [maintenance] {key} must be a command line")
         host_cmds[key] = value
     return AgentConfig(
         reboot_command=host_cmds["reboot_command"],
@@ -189,11 +188,11 @@ def load_config(path: Path) -> AgentConfig:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise AgentError(f"cannot read agent config {path}: {exc.strerror or exc}") from exc
+        raise AgentConfigError(f"cannot read agent config {path}: {exc.strerror or exc}") from exc
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise AgentError(f"agent config {path} is not valid TOML: {exc}") from exc
+        raise AgentConfigError(f"agent config {path} is not valid TOML: {exc}") from exc
     return parse_config(data, base_dir=path.parent)
 
 

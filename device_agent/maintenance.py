@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from device_agent.errors import CommandRejected
 from device_agent.journal import Journal
 from device_agent.update import UpdateFailed, Updater, UpdateRefused
 from kernel import wire
@@ -33,10 +34,6 @@ DISRUPTIVE = frozenset(
 )
 ESC_POS_SELFTEST = b"\x1d\x28\x41\x02\x00\x00\x02"  # GS ( A: execute test print
 ESC_POS_DRAWER = {2: b"\x1b\x70\x00\x19\xfa", 5: b"\x1b\x70\x01\x19\xfa"}  # ESC p m t1 t2
-
-
-class CommandRejected(Exception):
-    """The agent will not run this command (bad arguments, not configured, not allowed)."""
 
 
 class AgentHooks(Protocol):
@@ -68,6 +65,10 @@ class AgentHooks(Protocol):
     def request_restart(self) -> None: ...
 
 
+#: The loggers whose records :class:`LogBuffer` keeps (their children included).
+SOURCES = ("device_agent", "kernel")
+
+
 class LogBuffer(logging.Handler):
     """The agent's own recent log lines, kept in memory for `printfleet cmd logs`."""
 
@@ -81,6 +82,18 @@ class LogBuffer(logging.Handler):
             self.lines.append((record.created, self.format(record)))
         except Exception:  # a log handler must never raise into the code that logs
             self.handleError(record)
+
+    def attach(self) -> None:
+        """Keep the records of the agent's and the kernel's loggers (:data:`SOURCES`) from now on.
+
+        Never the root logger: where log lines go, and at which level, is the entry point's choice.
+        """
+        for name in SOURCES:
+            logging.getLogger(name).addHandler(self)
+
+    def detach(self) -> None:
+        for name in SOURCES:
+            logging.getLogger(name).removeHandler(self)
 
     def tail(self, lines: int | None = None, since: float | None = None) -> list[str]:
         items = [text for at, text in self.lines if since is None or at >= since]

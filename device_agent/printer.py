@@ -2,7 +2,9 @@
 
 :class:`PrinterLink` opens the printer with pyserial's ``serial_for_url`` (a device or pty path,
 ``socket://host:port``, ``loop://``), runs every blocking pyserial call in a worker thread, and
-classifies what the printer sends back with :class:`kernel.escpos.status.InboundParser`.
+classifies what the printer sends back with :class:`kernel.escpos.status.InboundParser`. Its values
+(states, outcomes, progress) are in :mod:`device_agent.printer_types`, the port and the commands it
+sends in :mod:`device_agent.serial_port`, Automatic Status Back in :mod:`device_agent.status_feed`.
 
 Printing is paced, never fire-and-forget (a 48 KB job written in one go loses a third of its bytes
 to the printer's buffer overflowing): the job is split at command boundaries
@@ -16,7 +18,8 @@ the fault clears.
 Exceptions::
 
     PrintfleetError
-     +-- PrinterLinkError   (printer name, reason, retryable)
+     +-- AgentError (device_agent.errors)
+          +-- PrinterLinkError   (printer name, reason, retryable)
 
 Automatic Status Back (``asb=True``): after opening, the link sends ``GS a 15`` so a printer that
 supports it reports every status change by itself (4-byte blocks). The link keeps the latest block
@@ -34,18 +37,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Self
 
 import serial
 
-from kernel.errors import PrintfleetError
+from device_agent.printer_types import (
+    TRANSITIONS,
+    JobPhase,
+    JobProgress,
+    LinkState,
+    PrinterLinkError,
+    PrintOutcome,
+    PrintResult,
+    ProgressCallback,
+)
+from device_agent.serial_port import (
+    GS_A_ALL,
+    GS_R_PAPER,
+    PortOpener,
+    dle_eot,
+    gs_paren_h_request,
+    open_serial,
+)
+from device_agent.status_feed import StatusFeed
 from kernel.escpos import segment
 from kernel.escpos.status import (
     AsbBlock,
@@ -64,114 +83,6 @@ from kernel.escpos.status import (
 from kernel.wire import PrinterHealth, PrinterSpec, now_ms
 
 log = logging.getLogger(__name__)
-
-GS_R_PAPER: Final = b"\x1dr\x01"
-#: GS a 15: Automatic Status Back on drawer, online/offline, error and paper sensor changes.
-GS_A_ALL: Final = b"\x1da\x0f"
-
-
-def dle_eot(n: int) -> bytes:
-    return bytes((0x10, 0x04, n))
-
-
-def gs_paren_h_request(job_tag: bytes) -> bytes:
-    """GS ( H fn 48: ask the printer to answer ``37 22 <tag> 00`` once everything before is printed."""
-    if len(job_tag) != 4 or not all(0x20 <= b <= 0x7E for b in job_tag):
-        raise ValueError("the GS ( H tag is 4 printable ASCII bytes")
-    return b"\x1d(H\x06\x00\x30\x30" + job_tag
-
-
-class PrinterLinkError(PrintfleetError):
-    """The printer could not be opened, stopped answering, or the port broke."""
-
-    def __init__(self, printer: str, reason: str, *, retryable: bool) -> None:
-        super().__init__(f"printer {printer}: {reason}", retryable=retryable)
-        self.printer = printer
-        self.reason = reason
-
-
-class LinkState(StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    FAILED = "failed"
-
-
-#: The allowed lifecycle transitions.
-TRANSITIONS: Final[dict[LinkState, frozenset[LinkState]]] = {
-    LinkState.CLOSED: frozenset({LinkState.OPEN, LinkState.FAILED}),
-    LinkState.OPEN: frozenset({LinkState.CLOSED, LinkState.FAILED}),
-    LinkState.FAILED: frozenset({LinkState.CLOSED}),
-}
-
-
-class PrintResult(StrEnum):
-    PRINTED = "printed"  # every barrier answered and the status read after it
-    PRINTED_UNCONFIRMED = "printed_unconfirmed"  # all bytes written; the printer could not confirm
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, kw_only=True)
-class PrintOutcome:
-    result: PrintResult
-    #: Whether any byte of the job was written: after a failure with ``bytes_started`` the job may
-    #: be partly on paper, so the agent reports ``unknown`` rather than retrying.
-    bytes_started: bool
-    bytes_written: int
-    reason: str | None = None
-    #: Every distinct reason the job was held for, in order.
-    held: tuple[str, ...] = ()
-    status: PrinterStatus | None = None
-    elapsed: float = 0.0
-
-    @property
-    def printed(self) -> bool:
-        return self.result is not PrintResult.FAILED
-
-
-class JobPhase(StrEnum):
-    WRITING = "writing"
-    HELD = "held"
-    RESUMED = "resumed"
-    CONFIRMING = "confirming"
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobProgress:
-    phase: JobPhase
-    bytes_sent: int
-    total: int
-    reason: str | None = None
-
-
-ProgressCallback = Callable[[JobProgress], Awaitable[None]]
-PortOpener = Callable[[PrinterSpec, float, float], serial.SerialBase]
-
-
-def open_serial(spec: PrinterSpec, read_timeout: float, write_timeout: float) -> serial.SerialBase:
-    """Open ``spec.serial_url`` with pyserial (blocking; call it in a worker thread)."""
-    port = serial.serial_for_url(
-        spec.serial_url,
-        do_not_open=True,
-        baudrate=spec.baud,
-        rtscts=spec.flow_control == "rtscts",
-        xonxoff=spec.flow_control == "xonxoff",
-        dsrdtr=False,
-        timeout=read_timeout,
-        write_timeout=write_timeout,
-    )
-    if os.path.exists(spec.serial_url):
-        port.exclusive = True
-    port.open()
-    return port
-
-
-@dataclass(eq=False)
-class _StatusSubscriber:
-    """One :meth:`PrinterLink.status_changes` iterator: the latest change not yet taken (latest wins)."""
-
-    event: asyncio.Event
-    latest: PrinterStatus | None = None
-    ended: bool = False
 
 
 @dataclass(kw_only=True)
@@ -237,11 +148,8 @@ class PrinterLink:
         self._query_lock: asyncio.Lock | None = None
         self._job_lock: asyncio.Lock | None = None
         self._xoff = False
-        self._last_asb: PrinterStatus | None = None
         self._asb = asb and spec.status_queries
-        self._asb_blocks = 0
-        self._asb_subscribers: set[_StatusSubscriber] = set()
-        self._asb_waiters: list[asyncio.Future[None]] = []
+        self._feed = StatusFeed(spec.name)
         self._job_counter = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -262,12 +170,12 @@ class PrinterLink:
     @property
     def last_asb(self) -> PrinterStatus | None:
         """The latest Automatic Status Back block, if the printer sends them."""
-        return self._last_asb
+        return self._feed.last
 
     @property
     def asb_active(self) -> bool:
         """True once the printer sent an ASB block: status changes arrive without polling."""
-        return self._asb_blocks > 0
+        return self._feed.blocks > 0
 
     def _set_state(self, new: LinkState) -> None:
         if new is self._state:
@@ -329,10 +237,7 @@ class PrinterLink:
         self._fail_waiters(error)
 
     def _fail_waiters(self, error: PrinterLinkError) -> None:
-        self._wake_asb_waiters()
-        for sub in self._asb_subscribers:
-            sub.ended = True
-            sub.event.set()
+        self._feed.end()
         futures: list[asyncio.Future[Any]] = [
             *self._status_waiters,
             *self._barriers,
@@ -377,7 +282,7 @@ class PrinterLink:
                     else:
                         self._resolve_first(self._barriers, value, "GS r reply")
                 case AsbBlock():
-                    self._on_asb(event.status)
+                    self._feed.on_block(event.status)
                 case BlockReply(header=0x37, payload=payload) if payload[:1] == b"\x22":
                     fut = self._tag_waiters.pop(payload[1:], None)
                     if fut is not None and not fut.done():
@@ -389,37 +294,6 @@ class PrinterLink:
                 case BlockReply() | Unknown():
                     log.debug("printer %s: unexpected %r", self.name, event)
 
-    def _on_asb(self, status: PrinterStatus) -> None:
-        previous, self._last_asb = self._last_asb, status
-        self._asb_blocks += 1
-        if status == previous:
-            return
-        log.debug("printer %s: ASB %s", self.name, ", ".join(status.faults()) or "ready")
-        for sub in self._asb_subscribers:
-            sub.latest = status
-            sub.event.set()
-        self._wake_asb_waiters()
-
-    def _wake_asb_waiters(self) -> None:
-        waiters, self._asb_waiters = self._asb_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _wait_barrier_or_asb(self, barrier: asyncio.Future[int] | None, timeout: float) -> bool:
-        """Wait up to ``timeout`` for ``barrier`` (if any) or an ASB status change; True if ASB woke us."""
-        asb: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._asb_waiters.append(asb)
-        try:
-            waitables: set[asyncio.Future[Any]] = {asb} if barrier is None else {asb, barrier}
-            await asyncio.wait(waitables, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
-            return asb.done()
-        finally:
-            if not asb.done():
-                asb.cancel()
-            with contextlib.suppress(ValueError):
-                self._asb_waiters.remove(asb)
-
     async def status_changes(self) -> AsyncGenerator[PrinterStatus, None]:
         """Each status the printer reports by ASB that differs from the one before, as it arrives.
 
@@ -429,22 +303,9 @@ class PrinterLink:
         port broke. Use it as ``async with contextlib.aclosing(link.status_changes()) as changes:``.
         """
         self._check_open()
-        # a subscriber first learns the status already reported (it may have arrived before it
-        # subscribed, e.g. the block the printer sends when ASB is enabled), then each change
-        sub = _StatusSubscriber(event=asyncio.Event(), latest=self._last_asb)
-        self._asb_subscribers.add(sub)
-        try:
-            while True:
-                sub.event.clear()
-                if sub.latest is not None:
-                    status, sub.latest = sub.latest, None
-                    yield status
-                    continue
-                if sub.ended:
-                    break
-                await sub.event.wait()
-        finally:
-            self._asb_subscribers.discard(sub)
+        async with contextlib.aclosing(self._feed.changes()) as changes:
+            async for status in changes:
+                yield status
         if self._failure is not None:
             raise self._failure
 
@@ -652,11 +513,11 @@ class PrinterLink:
         late = 0
         deadline = loop.time() + self.barrier_timeout
         while True:
-            by_asb = await self._wait_barrier_or_asb(fut, deadline - loop.time())
+            by_asb = await self._feed.wait_or(fut, deadline - loop.time())
             if fut.done():
                 fut.result()  # raises PrinterLinkError when the link failed
                 return
-            if by_asb and not (self._last_asb is not None and self._last_asb.faults()):
+            if by_asb and not (self._feed.last is not None and self._feed.last.faults()):
                 continue  # a status change that does not stop printing
             status = await self._read_status()
             if status.faults():
@@ -693,7 +554,7 @@ class PrinterLink:
                     self.name, f"held for more than {self.hold_timeout:g}s: {reason}", retryable=False
                 )
             # Poll DLE EOT every hold_poll_interval; an ASB block or the barrier ends the wait early.
-            await self._wait_barrier_or_asb(barrier, self.hold_poll_interval)
+            await self._feed.wait_or(barrier, self.hold_poll_interval)
             if barrier is not None and barrier.done():
                 barrier.result()  # raises PrinterLinkError when the link failed: not resumed
                 break

@@ -26,7 +26,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from device_agent.versions import VersionError, VersionStore
+from device_agent.errors import UpdateFailed, UpdateRefused, VersionError
+from device_agent.versions import VersionStore
 from kernel import wire
 from kernel.wheel import WheelError, read_wheel
 
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 C = wire.CommandState
 
 CHUNK = 64 * 1024
-
-
-class UpdateRefused(Exception):
-    """The update cannot be attempted (bad arguments, an untrusted URL): the command is rejected."""
-
-
-class UpdateFailed(Exception):
-    """The update was attempted and failed; nothing was installed or selected. The message is the detail."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kernel.errors import PrintfleetError
+from device_agent.errors import VersionError
 from kernel.wheel import WheelError, read_wheel
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,6 @@ MAX_TRIAL_STARTS = 3
 KEEP_PREVIOUS = 2
 STATE_FILE = "state.json"
 INSTALL_FILE = ".printfleet-install.json"
-
-
-class VersionError(PrintfleetError):
-    """A package that cannot be installed, or a version store that cannot be changed."""
 
 
 @dataclass(frozen=True, kw_only=True)
