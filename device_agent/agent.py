@@ -108,7 +108,7 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        logging.getLogger().addHandler(self.logs)
+        self.logs.attach()  # the agent's own loggers; the entry point configures logging
         await self.journal.open()
         try:
             offset = await self.journal.get_kv("clock_offset_ms")
@@ -145,7 +145,7 @@ class Agent:
             log.info("restarting the agent as asked")
         finally:
             self.state = AgentState.STOPPED
-            logging.getLogger().removeHandler(self.logs)
+            self.logs.detach()
             for _worker, task in self._workers.values():
                 task.cancel()
             await self.journal.close()
