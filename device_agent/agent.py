@@ -1,4 +1,5 @@
-"""The device agent: one MQTT session to the cloud, the journal, and a worker per printer."""
+"""The device agent: one MQTT peer session to the cloud (:mod:`kernel.session`), the journal, and a
+worker per printer."""
 
 from __future__ import annotations
 
@@ -6,28 +7,30 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import random
-import ssl
 import uuid
 from enum import StrEnum
 from typing import Any
 
-import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from device_agent.claims import Claims
 from device_agent.config import AgentConfig, AgentError
-from device_agent.journal import Journal, JournalJob
+from device_agent.journal import Journal
 from device_agent.maintenance import CommandRejected, Executor, HostCommands, LogBuffer
 from device_agent.update import updater_for
 from device_agent.worker import PortFactory, PrinterWorker
-from kernel import __version__, tls, wire
+from kernel import __version__, wire
+from kernel.session import (
+    Connected,
+    ControllerPresence,
+    Disconnected,
+    Instruction,
+    PeerSession,
+    PeerSettings,
+)
 
 log = logging.getLogger(__name__)
 S = wire.JobState
-
-#: How long a claim waits for the controller's answer before asking again.
-CLAIM_TIMEOUT_S = 5.0
 
 
 class _RestartNow(Exception):
@@ -56,9 +59,7 @@ class Agent:
 
             port_factory = open_port
         self._port_factory = port_factory
-        self._client: aiomqtt.Client | None = None
-        self._session = 0
-        self._seq = wire.Sequencer()
+        self._session: PeerSession | None = None
         self._hb_seq = 0
         self._hb_sent: dict[int, int] = {}
         self.offset_ms = 0
@@ -69,9 +70,6 @@ class Agent:
         self._wake_reports = asyncio.Event()
         self._hb_now = asyncio.Event()
         self._report_sent: dict[str, float] = {}
-        self._controller_session: int | None = None
-        self._guards: dict[str, wire.ReplayGuard] = {}
-        self._refusals: dict[str, wire.Refused] = {}
         #: The controller signing keys trusted now: the config's, until a keys.update replaces them.
         self._keys: dict[str, Ed25519PublicKey] = dict(config.public_keys)
         self.logs = LogBuffer()
@@ -91,9 +89,16 @@ class Agent:
         }
         self.online = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
-        self._claims: dict[str, asyncio.Future[wire.JobGrant]] = {}
         #: Set once this agent knows the controller's clock (grants and leases are judged on it).
         self._clock_known = asyncio.Event()
+        self._claims = Claims(
+            journal=self.journal,
+            publish=self._publish,
+            online=self.online,
+            clock_known=self._clock_known,
+            ctl_now=self.ctl_now,
+            local_ms=self.local_ms,
+        )
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -132,10 +137,20 @@ class Agent:
                 now=self.local_ms(), ctl_now=self.ctl_now()
             ):
                 log.warning("job %s ended unknown: the agent stopped while printing it", report.job_id)
-            async with asyncio.TaskGroup() as tg:
-                self._tg = tg
+            self.state = AgentState.CONNECTING
+            async with (
+                PeerSession(
+                    self._session_settings(),
+                    store=self.journal,
+                    keys=self._keys,
+                    birth=self._birth,
+                    clock=self.ctl_now,
+                ) as session,
+                asyncio.TaskGroup() as tg,
+            ):
+                self._session, self._tg = session, tg
                 self._apply_printers(self._printers)
-                tg.create_task(self._mqtt_loop(), name="agent-mqtt")
+                tg.create_task(self._inbound(session), name="agent-inbound")
                 tg.create_task(self._heartbeat_loop(), name="agent-heartbeat")
                 tg.create_task(self._report_loop(), name="agent-reports")
                 tg.create_task(self.executor.run(), name="agent-commands")
@@ -145,6 +160,7 @@ class Agent:
             log.info("restarting the agent as asked")
         finally:
             self.state = AgentState.STOPPED
+            self.online.clear()
             self.logs.detach()
             for _worker, task in self._workers.values():
                 task.cancel()
@@ -177,7 +193,7 @@ class Agent:
                 continue
             worker = PrinterWorker(
                 spec,
-                claim=self.claim,
+                claim=self._claims.claim,
                 journal=self.journal,
                 port_factory=self._port_factory,
                 report=self._queue_report,
@@ -210,202 +226,91 @@ class Agent:
                         )
                     )
 
-    def _tls_context(self) -> ssl.SSLContext:
-        """Trust only the fleet's CA; present this device's certificate under mutual TLS."""
-        settings = self.config.tls
-        assert settings is not None  # the config refuses mqtts:// without [tls]
-        directory = self.config.state_dir / "tls"
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ca = directory / "ca.pem"
-        ca.write_text(settings.ca_pem)
-        if settings.cert_pem is None or settings.key_pem is None:
-            return tls.client_context(ca)
-        cert, key = directory / "client.pem", directory / "client.key"
-        cert.write_text(settings.cert_pem)
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(settings.key_pem)
-        return tls.client_context(ca, cert, key)
+    # -- the session ------------------------------------------------------------------------
 
-    # -- MQTT ---------------------------------------------------------------------------------
+    def _session_settings(self) -> PeerSettings:
+        c = self.config
+        return PeerSettings(
+            peer=self.peer,
+            controller=c.controller,
+            addresses=c.brokers,
+            username=c.username,
+            password=c.password,
+            keepalive=c.keepalive,
+            tls=c.tls,
+            clean_session=False,  # the broker keeps QoS 1 instructions for this host while it is away
+            goodbye="agent stopped",
+        )
 
-    async def _mqtt_loop(self) -> None:
-        backoff = 0.2
-        index = 0
-        while True:
-            broker = self.config.brokers[index % len(self.config.brokers)]
-            self.state = AgentState.CONNECTING
-            self._session = await self.journal.next_session()
-            will = wire.Envelope.build(
-                wire.Will(session=self._session), src=self.peer, dst=self.config.controller, seq=0
-            )
-            try:
-                async with aiomqtt.Client(
-                    broker.host,
-                    broker.port,
-                    identifier=self.peer.client_id,
-                    username=self.config.username,
-                    password=self.config.password,
-                    keepalive=self.config.keepalive,
-                    clean_session=False,
-                    timeout=10,
-                    will=aiomqtt.Will(self.peer.topic(wire.Channel.PRESENCE), will.encode(), qos=1),
-                    socket_options=(wire.TCP_NODELAY_OPTION,),
-                    tls_context=self._tls_context() if broker.tls else None,
-                ) as client:
-                    await client.subscribe(self.peer.topic(wire.Channel.DOWN), qos=1)
-                    await client.subscribe(wire.CONTROLLER_PRESENCE_TOPIC, qos=1)
-                    self._client = client
-                    await self._announce()
-                    self.state = AgentState.ONLINE
-                    self.online.set()
-                    backoff = 0.2
-                    log.info("agent %s connected to %s (session %d)", self.peer.name, broker, self._session)
-                    try:
-                        async for message in client.messages:
-                            await self._handle(message)
-                    except asyncio.CancelledError:
-                        # a clean stop: say goodbye so the controller need not wait for the deadline
-                        bye = wire.Will(session=self._session, reason="agent stopped")
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(self._publish(wire.Channel.PRESENCE, bye), timeout=2)
-                        raise
-            except aiomqtt.MqttError as exc:
-                log.warning("agent lost %s (%s); reconnecting in %.1f s", broker, exc, backoff)
-                index += 1
-            finally:
-                self._client = None
-                self.online.clear()
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 10.0)
-
-    async def _announce(self) -> None:
-        """Birth, a request for pending work, and every report the controller has not acknowledged."""
-        birth = wire.Birth(
-            session=self._session,
+    def _birth(self, session: int) -> wire.Birth:
+        return wire.Birth(
+            session=session,
             boot_id=self.boot_id,
             version=self.version,
             started_at=self.local_ms(),
             printers=tuple(p.name for p in self._printers),
             keepalive=self.config.keepalive,
         )
-        await self._publish(wire.Channel.PRESENCE, birth)
-        await self._publish(wire.Channel.UP, wire.SyncRequest(session=self._session))
+
+    async def _inbound(self, session: PeerSession) -> None:
+        async for msg in session.messages():
+            match msg:
+                case Connected(address=address):
+                    self.state = AgentState.ONLINE
+                    log.info("agent %s connected to %s (session %d)", self.peer.name, address, msg.session)
+                    await self._announced()
+                    self.online.set()
+                case Disconnected():
+                    self.online.clear()
+                    self.state = AgentState.CONNECTING
+                case ControllerPresence(restarted=True):
+                    await self._announced()  # the session sent birth and sync again
+                case ControllerPresence():
+                    pass
+                case Instruction():
+                    try:
+                        await self._dispatch(msg.body)
+                    except wire.WireError as exc:
+                        await session.refuse(str(exc), msg.id)
+
+    async def _announced(self) -> None:
+        """After a birth and sync request: every report the controller has not acknowledged goes
+        out again, and a restart asked for is confirmed."""
         self._report_sent.clear()
         self._wake_reports.set()
         await self.executor.settle_restarts()
 
-    async def _publish(self, channel: wire.Channel, body: wire.Body) -> bool:
-        client = self._client
-        if client is None:
-            return False
-        env = wire.Envelope.build(body, src=self.peer, dst=self.config.controller, seq=self._seq.next())
-        try:
-            await client.publish(self.peer.topic(channel), env.encode(), qos=1)
-        except aiomqtt.MqttError as exc:
-            log.debug("publish failed: %s", exc)
-            return False
-        return True
+    async def _publish(self, body: wire.Body) -> bool:
+        session = self._session
+        return session is not None and await session.publish(body)
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
-        payload = message.payload
-        if not isinstance(payload, bytes | bytearray):
-            return
-        topic = str(message.topic)
-        try:
-            env = wire.decode(payload)
-            env.verify(self._keys)
-        except wire.WireError as exc:
-            log.warning("refused a message on %s: %s", topic, exc)
-            await self._refuse(payload, str(exc))
-            return
-        if topic == wire.CONTROLLER_PRESENCE_TOPIC:
-            await self._on_controller_presence(env)
-            return
-        if env.dst != self.peer.client_id or env.src != self.config.controller.client_id:
-            await self._refuse(payload, f"addressed to {env.dst} from {env.src}", env.id)
-            return
-        if env.type not in wire.DOWNSTREAM_TYPES:
-            await self._refuse(payload, f"unexpected {env.type}", env.id)
-            return
-        if not await self._fresh(env):
-            log.warning("refused %s seq %d from %s: replayed or too old", env.type, env.seq, env.src)
-            await self._refuse(payload, f"replayed instruction (seq {env.seq})", env.id)
-            return
-        # The clock is learnt from heartbeat acks, so they cannot be judged on it; every other
-        # instruction must still be valid on the controller's clock.
-        if env.type is not wire.MsgType.HEARTBEAT_ACK and (env.exp is None or env.expired(self.ctl_now())):
-            await self._refuse(
-                payload, "expired instruction" if env.exp else "instruction without expiry", env.id
-            )
-            return
-        try:
-            await self._dispatch(env)
-        except wire.WireError as exc:
-            await self._refuse(payload, str(exc), env.id)
-
-    async def _fresh(self, env: wire.Envelope) -> bool:
-        """Each sequence number of the controller is acted on once, across restarts (replay guard)."""
-        guard = self._guards.get(env.src)
-        if guard is None:
-            floor = await self.journal.get_kv(f"seq_floor:{env.src}")
-            guard = self._guards[env.src] = wire.ReplayGuard(int(floor) if floor else 0)
-        before = guard.max_seq
-        if not guard.accept(env.seq):
-            return False
-        if guard.max_seq != before:
-            await self.journal.set_kv(f"seq_floor:{env.src}", str(guard.max_seq))
-        return True
-
-    async def _refuse(self, _payload: bytes | bytearray, reason: str, message_id: str = "") -> None:
-        """Report a refused instruction; kept (in memory, bounded) and resent until acknowledged."""
-        refused = wire.Refused(message_id=message_id[:64], reason=reason[:200], report_id=uuid.uuid4().hex)
-        assert refused.report_id is not None
-        self._refusals[refused.report_id] = refused
-        while len(self._refusals) > 200:
-            self._refusals.pop(next(iter(self._refusals)))
-        if await self._publish(wire.Channel.UP, refused):
-            self._report_sent[refused.report_id] = asyncio.get_running_loop().time()
-
-    async def _on_controller_presence(self, env: wire.Envelope) -> None:
-        if env.type is wire.MsgType.CONTROLLER_ONLINE:
-            session: int = env.parsed(wire.ControllerOnline).session
-            if self._controller_session is not None and session != self._controller_session:
-                log.info("controller restarted (session %d); announcing again", session)
-                await self._announce()
-            self._controller_session = session
-
-    async def _dispatch(self, env: wire.Envelope) -> None:
-        match env.type:
-            case wire.MsgType.JOB_PRINT:
-                await self._on_job(env.parsed(wire.JobPrint))
-            case wire.MsgType.JOB_CANCEL:
-                await self._on_cancel(env.parsed(wire.JobCancel))
-            case wire.MsgType.REPORT_ACK:
-                ack: wire.ReportAck = env.parsed(wire.ReportAck)
-                await self.journal.ack_reports(ack.report_ids)
-                for rid in ack.report_ids:
+    async def _dispatch(self, body: wire.Body) -> None:
+        match body:
+            case wire.JobPrint():
+                await self._on_job(body)
+            case wire.JobCancel():
+                await self._on_cancel(body)
+            case wire.ReportAck(report_ids=report_ids):
+                await self.journal.ack_reports(report_ids)
+                for rid in report_ids:
                     self._report_sent.pop(rid, None)
-                    self._refusals.pop(rid, None)
-            case wire.MsgType.HEARTBEAT_ACK:
-                await self._on_heartbeat_ack(env.parsed(wire.HeartbeatAck))
-            case wire.MsgType.PRINTERS_CONFIG:
-                await self._on_printers_config(env.parsed(wire.PrintersConfig))
-            case wire.MsgType.CMD_RUN:
-                await self.executor.on_command(env.parsed(wire.CommandRun))
-            case wire.MsgType.JOB_GRANT:
-                grant: wire.JobGrant = env.parsed(wire.JobGrant)
-                waiter = self._claims.get(grant.job_id)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(grant)
-            case wire.MsgType.KEYS_UPDATE:
-                update: wire.KeysUpdate = env.parsed(wire.KeysUpdate)
-                keys = wire.parse_public_keys(list(update.public_keys))
-                await self.journal.set_kv("trusted_keys", json.dumps(list(update.public_keys)))
+            case wire.HeartbeatAck():
+                await self._on_heartbeat_ack(body)
+            case wire.PrintersConfig():
+                await self._on_printers_config(body)
+            case wire.CommandRun():
+                await self.executor.on_command(body)
+            case wire.JobGrant():
+                self._claims.on_grant(body)
+            case wire.KeysUpdate(public_keys=public_keys):
+                keys = wire.parse_public_keys(list(public_keys))
+                await self.journal.set_kv("trusted_keys", json.dumps(list(public_keys)))
                 self._keys = keys
+                if self._session is not None:
+                    self._session.trust(keys)
                 log.info("trusting controller keys %s", ", ".join(sorted(keys)))
             case _:
-                raise wire.WireError(f"unexpected {env.type}")
+                raise wire.WireError(f"unexpected {body.TYPE}")
 
     async def _on_job(self, job: wire.JobPrint) -> None:
         payload = job.payload()  # checks base64 and sha256
@@ -458,7 +363,7 @@ class Agent:
     async def _on_heartbeat_ack(self, ack: wire.HeartbeatAck) -> None:
         now = self.local_ms()
         # echo first: the controller measures the round trip, so nothing may delay this reply
-        await self._publish(wire.Channel.UP, wire.HeartbeatEcho(hb_seq=ack.hb_seq, ctl_ts=ack.ctl_ts))
+        await self._publish(wire.HeartbeatEcho(hb_seq=ack.hb_seq, ctl_ts=ack.ctl_ts))
         sent = self._hb_sent.pop(ack.hb_seq, None)
         if sent is not None:
             rtt = now - sent
@@ -468,53 +373,7 @@ class Agent:
             self.offset_ms = offset
             self._clock_known.set()
         if ack.config_version != self._config_version:
-            await self._publish(wire.Channel.UP, wire.SyncRequest(session=self._session, reason="config"))
-
-    # -- the right to print -------------------------------------------------------------------
-
-    async def claim(self, job: JournalJob) -> bool:
-        """Ask the controller for the right to start writing ``job``; True only when granted.
-
-        Waits while the controller cannot be reached, asking again with backoff (a late grant
-        still counts: the same answer is awaited across the repeats): no byte goes to the printer
-        without a grant. A grant whose lease ran out on the way is asked for again (the job is
-        still this agent's). A refusal releases the job in the journal for good (another executor
-        holds it), unless the controller sends it here again.
-        """
-        while True:
-            grant = await self._ask_grant(job)
-            if not grant.granted:
-                break
-            if grant.lease_until is not None and self.ctl_now() < grant.lease_until:
-                return True
-            log.info("the grant for job %s arrived after its lease; asking again", job.job_id)
-        reason = grant.reason or "refused"
-        log.warning("job %s not printed here: %s", job.job_id, reason)
-        await self.journal.release(job.job_id, self.local_ms(), reason)
-        return False
-
-    async def _ask_grant(self, job: JournalJob) -> wire.JobGrant:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[wire.JobGrant] = loop.create_future()
-        self._claims[job.job_id] = waiter
-        wait_s = CLAIM_TIMEOUT_S
-        try:
-            while not waiter.done():
-                await self.online.wait()
-                await self._clock_known.wait()  # a grant could not be judged before
-                body = wire.JobClaim(job_id=job.job_id, printer=job.printer, attempt=job.attempt)
-                if not await self._publish(wire.Channel.UP, body):
-                    await asyncio.sleep(0.5)
-                    continue
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), timeout=wait_s)
-                except TimeoutError:
-                    log.info("no answer to the claim of job %s yet; asking again", job.job_id)
-                    wait_s = min(wait_s * 2, 60.0)
-            return waiter.result()
-        finally:
-            if self._claims.get(job.job_id) is waiter:
-                del self._claims[job.job_id]
+            await self._publish(wire.SyncRequest(session=self.session, reason="config"))
 
     # -- loops --------------------------------------------------------------------------------
 
@@ -526,7 +385,7 @@ class Agent:
             for old in [k for k in self._hb_sent if k < self._hb_seq - 10]:
                 del self._hb_sent[old]
             hb = wire.Heartbeat(
-                session=self._session,
+                session=self.session,
                 hb_seq=self._hb_seq,
                 printers={name: w.health for name, (w, _t) in self._workers.items()},
                 config_version=max(self._config_version, 0),
@@ -534,7 +393,7 @@ class Agent:
                 keepalive=self.config.keepalive,
                 kids=tuple(sorted(self._keys)),
             )
-            await self._publish(wire.Channel.UP, hb)
+            await self._publish(hb)
             # the next heartbeat is due after the interval, or at once when a printer's status changes
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hb_now.wait(), timeout=float(self._settings["heartbeat_s"]))
@@ -542,7 +401,7 @@ class Agent:
 
     async def _queue_report(self, report: wire.JobReport | wire.CommandReport) -> None:
         """Reports are already durable in the journal; try to send at once, the loop resends."""
-        if await self._publish(wire.Channel.UP, report):
+        if await self._publish(report):
             self._report_sent[report.report_id] = asyncio.get_running_loop().time()
 
     async def _report_loop(self) -> None:
@@ -551,19 +410,15 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_reports.wait(), timeout=2.0)
             self._wake_reports.clear()
-            if self._client is None:
+            if not self.online.is_set():
                 continue
             now = loop.time()
-            pending: list[wire.JobReport | wire.CommandReport | wire.Refused] = [
-                *await self.journal.pending_reports()
-            ]
-            pending.extend(self._refusals.values())
-            for report in pending:
+            for report in await self.journal.pending_reports():
                 rid = report.report_id or ""
                 sent = self._report_sent.get(rid)
                 if sent is not None and now - sent < 5.0:
                     continue
-                if not await self._publish(wire.Channel.UP, report):
+                if not await self._publish(report):
                     break
                 self._report_sent[rid] = now
 
@@ -571,7 +426,8 @@ class Agent:
 
     @property
     def session(self) -> int:
-        return self._session
+        """The MQTT session number of the current (or last) connection; 0 before the first."""
+        return 0 if self._session is None else self._session.number
 
     # -- hooks for maintenance commands (device_agent.maintenance.AgentHooks) -----------------
 

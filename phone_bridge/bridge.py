@@ -1,4 +1,5 @@
-"""The phone bridge's cloud side: one MQTT session, offers from the controller, jobs printed over BLE.
+"""The phone bridge's cloud side: one MQTT peer session (:mod:`kernel.session`), offers from the
+controller, jobs printed over BLE (:mod:`phone_bridge.executor`).
 
 An app embeds it as an async context manager that yields instructions for the app to approve::
 
@@ -27,46 +28,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from kernel import __version__, tls, wire
+from kernel import __version__, wire
 from kernel.errors import PrintfleetError
-from phone_bridge.ble import (
-    Backend,
-    BleError,
-    PrinterConnection,
-    PrinterTarget,
-    RadioLike,
-    WriteFailed,
-    open_backend,
+from kernel.session import (
+    Connected,
+    ControllerPresence,
+    ControllerStatus,
+    Disconnected,
+    FileStore,
+    PeerSession,
+    PeerSettings,
 )
+from kernel.session import Instruction as Instruction_
+from phone_bridge.ble import Backend, RadioLike, open_backend
 from phone_bridge.config import BridgeConfig
+from phone_bridge.executor import ANSWER_TIMEOUT_S, JobExecutor, Outcome, Progress
 
 log = logging.getLogger(__name__)
 
-S = wire.JobState
-
-#: ``progress(bytes_done, bytes_total)`` while a job's bytes go to the printer.
-Progress = Callable[[int, int], None]
-
-#: How long the bridge waits for the controller's answers (hand-over, grant, submit).
-ANSWER_TIMEOUT_S = 10.0
 #: Unacknowledged reports are resent after this long.
 REPORT_RESEND_S = 2.0
-#: Refusals kept for resending until acknowledged (the oldest are dropped beyond this).
-MAX_PENDING_REFUSALS = 200
 #: On stopping, the loops still running after this long are cancelled again (longer than the
 #: goodbye message is given).
 STOP_RECANCEL_S = 3.0
+
+__all__ = [
+    "Bridge",
+    "BridgeError",
+    "BridgeState",
+    "Instruction",
+    "Outcome",
+    "Progress",
+    "open_bridge",
+    "run_bridge",
+]
 
 
 class BridgeError(PrintfleetError):
@@ -77,17 +80,6 @@ class BridgeState(StrEnum):
     DISCONNECTED = "disconnected"
     ONLINE = "online"
     STOPPED = "stopped"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Outcome:
-    """What became of an approved instruction."""
-
-    job_id: str
-    state: str  # printed, unknown, failed, or "not-taken" (nothing written: the job went elsewhere)
-    detail: str
-    identity: str | None = None
-    bytes_written: int = 0
 
 
 @dataclass(kw_only=True)
@@ -142,25 +134,27 @@ class Bridge:
     def __init__(self, config: BridgeConfig, backend: Backend) -> None:
         self.config = config
         self.peer = config.peer
-        self._backend = backend
         self._keys: dict[str, Ed25519PublicKey] = dict(config.public_keys)
-        self._client: aiomqtt.Client | None = None
-        self._seq = wire.Sequencer()
-        self._guard = wire.ReplayGuard(0)
-        self._session = max(1, wire.now_ms())
+        self._session: PeerSession | None = None
         self._boot_id = uuid.uuid4().hex
         self.offset_ms = 0
         self._hb_seq = 0
         self._hb_sent: dict[int, int] = {}
         self._instructions: asyncio.Queue[Instruction] = asyncio.Queue()
-        self._handovers: dict[str, asyncio.Future[wire.JobPrint | wire.JobGrant]] = {}
-        self._grants: dict[str, asyncio.Future[wire.JobGrant]] = {}
         self._accepted: dict[str, asyncio.Future[wire.JobAccepted]] = {}
         self._reports: dict[str, wire.JobReport] = {}
-        self._refusals: dict[str, wire.Refused] = {}
+        self._wake_reports = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._busy = asyncio.Lock()
+        self.jobs = JobExecutor(
+            bridge_name=self.peer.name,
+            backend=backend,
+            send=self.send,
+            ctl_now=self.ctl_now,
+            report=self._keep,
+        )
         self.online = asyncio.Event()
+        #: Set while the controller is known to be online (its retained birth and will).
+        self.controller_online = asyncio.Event()
         self.state = BridgeState.DISCONNECTED
 
     # -- the app's side -------------------------------------------------------------------------
@@ -169,6 +163,11 @@ class Bridge:
         """Every job offered to this bridge, in arrival order, for the app to approve or decline."""
         while True:
             yield await self._instructions.get()
+
+    @property
+    def controller(self) -> ControllerStatus:
+        """The controller's presence as this bridge last saw it (unknown before the first)."""
+        return ControllerStatus() if self._session is None else self._session.controller
 
     async def submit(
         self,
@@ -191,7 +190,7 @@ class Bridge:
         body = wire.JobSubmit(
             request_id=uuid.uuid4().hex,
             printer=printer,
-            kind=kind,  # type: ignore[arg-type]  # one of the three literals, chosen above
+            kind=kind,
             text=text,
             document=document,
             data=None if raw is None else base64.b64encode(raw).decode(),
@@ -218,314 +217,99 @@ class Bridge:
     def ctl_now(self) -> int:
         return wire.now_ms() + self.offset_ms
 
-    # -- executing one job ----------------------------------------------------------------------
-
     async def execute(self, offer: wire.BridgeOffer, progress: Progress | None = None) -> Outcome:
-        async with self._busy:  # one radio, one job at a time
-            return await self._execute(offer, progress)
+        return await self.jobs.execute(offer, progress)
 
-    async def _execute(self, offer: wire.BridgeOffer, on_progress: Progress | None) -> Outcome:
-        job_id = offer.job_id
-        remaining = (offer.grant_until - self.ctl_now()) / 1000
-        if remaining <= 0:
-            return await self._not_taken(offer, "the offer lapsed before it was approved")
-        try:
-            target = PrinterTarget(
-                name=offer.printer.name,
-                unique_id=offer.printer.unique_id,
-                ble_address=offer.printer.ble_address,
-                ble_name=offer.printer.ble_name,
-                ble_profile=offer.printer.ble_profile,
-                public_key=offer.printer.public_key,
-                identity=offer.printer.identity,
-            )
-        except ValueError as exc:  # a printer record this bridge cannot use
-            return await self._not_taken(offer, f"cannot use the printer's BLE record: {exc}")
-        loop = asyncio.get_running_loop()
-        handover: asyncio.Future[wire.JobPrint | wire.JobGrant] = loop.create_future()
-        self._handovers[job_id] = handover
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    async with asyncio.timeout(remaining):
-                        conn = await stack.enter_async_context(PrinterConnection.open(target, self._backend))
-                except TimeoutError:
-                    return await self._not_taken(
-                        offer, "could not connect to the printer before the offer lapsed"
-                    )
-                except BleError as exc:
-                    return await self._not_taken(offer, str(exc))
-                identity = str(conn.identity.value)
-                await self.send(
-                    wire.BridgeReady(
-                        offer_id=offer.offer_id,
-                        job_id=job_id,
-                        identity=identity,  # type: ignore[arg-type]  # the IdentityOutcome values
-                        address=conn.address,
-                        profile=conn.profile_name,
-                    )
-                )
-                try:
-                    answer = await asyncio.wait_for(handover, ANSWER_TIMEOUT_S)
-                except TimeoutError:
-                    return await self._not_taken(offer, "the controller did not hand the job over")
-                if isinstance(answer, wire.JobGrant):  # refused after ready (identity policy, lapsed)
-                    return Outcome(job_id=job_id, state="not-taken", detail=answer.reason or "refused")
-                job = answer
-                try:
-                    payload = job.payload()
-                except wire.WireError as exc:
-                    return await self._not_taken(offer, f"bad job payload: {exc}")
-                if job.sha256 != offer.sha256:
-                    return await self._not_taken(offer, "the job handed over is not the one offered")
-                if job.expires_at is not None and self.ctl_now() > job.expires_at:
-                    return await self._not_taken(offer, "stale: expired before printing")
-                granted = await self._claim(job)
-                if granted is None:
-                    return await self._not_taken(offer, "no usable grant from the controller")
-                if not granted:
-                    return Outcome(job_id=job_id, state="not-taken", detail="claim refused")
-                return await self._write(offer, job, payload, conn, identity, on_progress)
-        finally:
-            self._handovers.pop(job_id, None)
+    # -- the session ----------------------------------------------------------------------------
 
-    async def _claim(self, job: wire.JobPrint) -> bool | None:
-        """True: granted (start now); False: refused by the controller; None: no usable answer."""
-        for _ in range(3):
-            waiter: asyncio.Future[wire.JobGrant] = asyncio.get_running_loop().create_future()
-            self._grants[job.job_id] = waiter
-            try:
-                await self.send(wire.JobClaim(job_id=job.job_id, printer=job.printer, attempt=job.attempt))
-                grant = await asyncio.wait_for(waiter, ANSWER_TIMEOUT_S)
-            except TimeoutError:
-                continue
-            finally:
-                self._grants.pop(job.job_id, None)
-            if not grant.granted:
-                return False
-            if grant.lease_until is not None and self.ctl_now() < grant.lease_until:
-                return True
-        return None
-
-    async def _write(
-        self,
-        offer: wire.BridgeOffer,
-        job: wire.JobPrint,
-        payload: bytes,
-        conn: PrinterConnection,
-        identity: str,
-        on_progress: Progress | None = None,
-    ) -> Outcome:
-        written = 0
-        copies_done = 0
-        started = False
-        total = len(payload) * job.copies
-
-        def progress(sent: int, _total: int) -> None:
-            nonlocal started
-            if sent > 0 and not started:
-                started = True
-                self._report(job, S.PRINTING, f"writing over BLE ({identity})", copies_done)
-            if on_progress is not None:
-                on_progress(copies_done * len(payload) + sent, total)
-
-        try:
-            while copies_done < job.copies:
-                result = await conn.write(payload, progress=progress)
-                written += result.bytes_written
-                copies_done += 1
-        except (WriteFailed, BleError) as exc:
-            sent = getattr(exc, "bytes_sent", 0)
-            if not started and copies_done == 0 and sent == 0:
-                return await self._not_taken(offer, f"nothing written: {exc}")
-            detail = f"BLE link failed during copy {copies_done + 1} after {written + sent} bytes: {exc}"
-            self._report(job, S.UNKNOWN, detail, copies_done)
-            return Outcome(
-                job_id=job.job_id, state="unknown", detail=detail, identity=identity, bytes_written=written
-            )
-        note = {"verified": "identity verified", "unverified": "identity unverified"}.get(
-            identity, "identity not checked"
-        )
-        detail = f"printed over BLE by bridge {self.peer.name} ({note})"
-        self._report(job, S.PRINTED, detail, copies_done)
-        return Outcome(
-            job_id=job.job_id, state="printed", detail=detail, identity=identity, bytes_written=written
+    def _session_settings(self) -> PeerSettings:
+        c = self.config
+        return PeerSettings(
+            peer=self.peer,
+            controller=c.controller,
+            addresses=c.brokers,
+            username=c.username,
+            password=c.password,
+            keepalive=c.keepalive,
+            tls=c.tls,
+            clean_session=True,
+            goodbye="bridge stopped",
         )
 
-    async def _not_taken(self, offer: wire.BridgeOffer, reason: str) -> Outcome:
-        log.warning("job %s not taken: %s", offer.job_id, reason)
-        await self.send(wire.BridgeFailed(offer_id=offer.offer_id, job_id=offer.job_id, reason=reason[:500]))
-        return Outcome(job_id=offer.job_id, state="not-taken", detail=reason)
-
-    def _report(self, job: wire.JobPrint, state: wire.JobState, detail: str, copies_done: int) -> None:
-        report = wire.JobReport(
-            report_id=uuid.uuid4().hex,
-            job_id=job.job_id,
-            printer=job.printer,
-            state=state,
-            detail=detail[:500],
-            copies_done=copies_done,
-            attempt=job.attempt,
-            at=self.ctl_now(),
+    def _birth(self, session: int) -> wire.Birth:
+        return wire.Birth(
+            session=session,
+            boot_id=self._boot_id,
+            version=__version__,
+            started_at=wire.now_ms(),
+            keepalive=self.config.keepalive,
         )
-        self._reports[report.report_id] = report
-        self._wake_reports.set()
-
-    # -- MQTT -----------------------------------------------------------------------------------
 
     async def send(self, body: wire.Body) -> bool:
-        client = self._client
-        if client is None:
-            return False
-        channel = wire.Channel.PRESENCE if body.TYPE in wire.PRESENCE_TYPES else wire.Channel.UP
-        env = wire.Envelope.build(body, src=self.peer, dst=self.config.controller, seq=self._seq.next())
-        try:
-            await client.publish(self.peer.topic(channel), env.encode(), qos=1)
-        except aiomqtt.MqttError as exc:
-            log.debug("publish failed: %s", exc)
-            return False
-        return True
+        session = self._session
+        return session is not None and await session.publish(body)
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        settings = self.config.tls
-        if settings is None:
-            return None
-        return tls.client_context_from_pem(settings.ca_pem, settings.cert_pem, settings.key_pem)
-
-    async def _mqtt_loop(self) -> None:
-        backoff = 0.2
-        index = 0
-        while True:
-            broker = self.config.brokers[index % len(self.config.brokers)]
-            will = wire.Envelope.build(
-                wire.Will(session=self._session), src=self.peer, dst=self.config.controller, seq=0
-            )
-            try:
-                async with aiomqtt.Client(
-                    broker.host,
-                    broker.port,
-                    identifier=self.peer.client_id,
-                    username=self.config.username,
-                    password=self.config.password,
-                    keepalive=self.config.keepalive,
-                    clean_session=True,
-                    timeout=10,
-                    will=aiomqtt.Will(self.peer.topic(wire.Channel.PRESENCE), will.encode(), qos=1),
-                    socket_options=(wire.TCP_NODELAY_OPTION,),
-                    tls_context=self._tls_context() if broker.tls else None,
-                ) as client:
-                    await client.subscribe(self.peer.topic(wire.Channel.DOWN), qos=1)
-                    self._client = client
-                    await self.send(
-                        wire.Birth(
-                            session=self._session,
-                            boot_id=self._boot_id,
-                            version=__version__,
-                            started_at=wire.now_ms(),
-                            keepalive=self.config.keepalive,
-                        )
-                    )
-                    await self.send(wire.SyncRequest(session=self._session))
+    async def _inbound(self, session: PeerSession) -> None:
+        async for msg in session.messages():
+            match msg:
+                case Connected(address=address):
+                    log.info("bridge %s connected to %s", self.peer.name, address)
                     self.state = BridgeState.ONLINE
                     self.online.set()
                     self._wake_reports.set()
-                    backoff = 0.2
-                    log.info("bridge %s connected to %s", self.peer.name, broker)
+                case Disconnected():
+                    self.online.clear()
+                    if self.state is not BridgeState.STOPPED:
+                        self.state = BridgeState.DISCONNECTED
+                case ControllerPresence(status=status):
+                    log.info(
+                        "bridge %s: controller %s (session %s)", self.peer.name, status.state, status.session
+                    )
+                    if msg.online:
+                        self.controller_online.set()
+                    else:
+                        self.controller_online.clear()
+                case Instruction_():
                     try:
-                        async for message in client.messages:
-                            await self._handle(message)
-                    except asyncio.CancelledError:
-                        bye = wire.Will(session=self._session, reason="bridge stopped")
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(self.send(bye), timeout=2)
-                        raise
-            except aiomqtt.MqttError as exc:
-                log.warning("bridge lost %s (%s); reconnecting in %.1f s", broker, exc, backoff)
-                index += 1
-            finally:
-                self._client = None
-                self.online.clear()
-                if self.state is not BridgeState.STOPPED:
-                    self.state = BridgeState.DISCONNECTED
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 10.0)
+                        await self._dispatch(msg.body)
+                    except wire.WireError as exc:
+                        await session.refuse(str(exc), msg.id)
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
-        payload = message.payload
-        if not isinstance(payload, bytes | bytearray):
-            return
-        try:
-            env = wire.decode(payload)
-            env.verify(self._keys)
-        except wire.WireError as exc:
-            await self._refuse(str(exc))
-            return
-        if env.dst != self.peer.client_id or env.src != self.config.controller.client_id:
-            await self._refuse(f"addressed to {env.dst} from {env.src}", env.id)
-            return
-        if env.type not in wire.DOWNSTREAM_TYPES or not self._guard.accept(env.seq):
-            await self._refuse(f"unexpected or replayed {env.type} (seq {env.seq})", env.id)
-            return
-        if env.type is not wire.MsgType.HEARTBEAT_ACK and (env.exp is None or env.expired(self.ctl_now())):
-            await self._refuse("expired instruction" if env.exp else "instruction without expiry", env.id)
-            return
-        try:
-            await self._dispatch(env)
-        except wire.WireError as exc:
-            await self._refuse(str(exc), env.id)
-
-    async def _refuse(self, reason: str, message_id: str = "") -> None:
-        """Report a refused instruction; kept (in memory, bounded) and resent until acknowledged."""
-        log.warning("refused an instruction: %s", reason)
-        refused = wire.Refused(message_id=message_id[:64], reason=reason[:200], report_id=uuid.uuid4().hex)
-        assert refused.report_id is not None
-        self._refusals[refused.report_id] = refused
-        while len(self._refusals) > MAX_PENDING_REFUSALS:
-            del self._refusals[next(iter(self._refusals))]
-        await self.send(refused)
-
-    async def _dispatch(self, env: wire.Envelope) -> None:
-        match env.type:
-            case wire.MsgType.BRIDGE_OFFER:
-                offer: wire.BridgeOffer = env.parsed(wire.BridgeOffer)
-                if offer.bridge != self.peer.name:
-                    raise wire.WireError(f"offer for bridge {offer.bridge}")
-                await self._instructions.put(Instruction(offer=offer, _bridge=self))
-            case wire.MsgType.JOB_PRINT:
-                job: wire.JobPrint = env.parsed(wire.JobPrint)
-                waiter = self._handovers.get(job.job_id)
-                if waiter is None or waiter.done():
-                    raise wire.WireError(f"job {job.job_id} was not offered to this bridge or is settled")
-                waiter.set_result(job)
-            case wire.MsgType.JOB_GRANT:
-                grant: wire.JobGrant = env.parsed(wire.JobGrant)
-                for table in (self._grants, self._handovers):
-                    fut = table.get(grant.job_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(grant)
-                        break
-            case wire.MsgType.JOB_ACCEPTED:
-                accepted: wire.JobAccepted = env.parsed(wire.JobAccepted)
-                fut_a = self._accepted.get(accepted.request_id)
-                if fut_a is not None and not fut_a.done():
-                    fut_a.set_result(accepted)
-            case wire.MsgType.REPORT_ACK:
-                ack: wire.ReportAck = env.parsed(wire.ReportAck)
-                for rid in ack.report_ids:
+    async def _dispatch(self, body: wire.Body) -> None:
+        match body:
+            case wire.BridgeOffer():
+                if body.bridge != self.peer.name:
+                    raise wire.WireError(f"offer for bridge {body.bridge}")
+                await self._instructions.put(Instruction(offer=body, _bridge=self))
+            case wire.JobPrint():
+                self.jobs.on_job(body)
+            case wire.JobGrant():
+                self.jobs.on_grant(body)
+            case wire.JobAccepted():
+                waiter = self._accepted.get(body.request_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(body)
+            case wire.ReportAck(report_ids=report_ids):
+                for rid in report_ids:
                     self._reports.pop(rid, None)
-                    self._refusals.pop(rid, None)
-            case wire.MsgType.HEARTBEAT_ACK:
-                hb_ack: wire.HeartbeatAck = env.parsed(wire.HeartbeatAck)
-                await self.send(wire.HeartbeatEcho(hb_seq=hb_ack.hb_seq, ctl_ts=hb_ack.ctl_ts))
-                sent = self._hb_sent.pop(hb_ack.hb_seq, None)
+            case wire.HeartbeatAck(hb_seq=hb_seq, ctl_ts=ctl_ts):
+                await self.send(wire.HeartbeatEcho(hb_seq=hb_seq, ctl_ts=ctl_ts))
+                sent = self._hb_sent.pop(hb_seq, None)
                 if sent is not None:
                     rtt = wire.now_ms() - sent
-                    self.offset_ms = hb_ack.ctl_ts + rtt // 2 - wire.now_ms()
-            case wire.MsgType.KEYS_UPDATE:
-                update: wire.KeysUpdate = env.parsed(wire.KeysUpdate)
-                self._keys = dict(wire.parse_public_keys(list(update.public_keys)))
+                    self.offset_ms = ctl_ts + rtt // 2 - wire.now_ms()
+            case wire.KeysUpdate(public_keys=public_keys):
+                self._keys = dict(wire.parse_public_keys(list(public_keys)))
+                if self._session is not None:
+                    self._session.trust(self._keys)
             case _:
-                log.debug("ignored %s", env.type)
+                log.debug("ignored %s", body.TYPE)
+
+    # -- reports --------------------------------------------------------------------------------
+
+    def _keep(self, report: wire.JobReport) -> None:
+        self._reports[report.report_id] = report
+        self._wake_reports.set()
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -536,7 +320,7 @@ class Bridge:
                 del self._hb_sent[old]
             await self.send(
                 wire.Heartbeat(
-                    session=self._session,
+                    session=0 if self._session is None else self._session.number,
                     hb_seq=self._hb_seq,
                     keepalive=self.config.keepalive,
                     kids=tuple(sorted(self._keys)),
@@ -548,22 +332,27 @@ class Bridge:
     async def _report_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_reports.wait(), timeout=REPORT_RESEND_S)
+                async with asyncio.timeout(REPORT_RESEND_S):
+                    await self._wake_reports.wait()
             self._wake_reports.clear()
             if not self.online.is_set():
                 continue
-            pending: list[wire.JobReport | wire.Refused] = [*self._reports.values(), *self._refusals.values()]
-            for report in pending:
+            for report in list(self._reports.values()):
                 if not await self.send(report):
                     break
 
-    _wake_reports: asyncio.Event
-
     async def _run(self) -> None:
-        self._wake_reports = asyncio.Event()
-        async with asyncio.TaskGroup() as tg:
+        session = PeerSession(
+            self._session_settings(),
+            store=FileStore(self.config.state_path / "session.json"),
+            keys=self._keys,
+            birth=self._birth,
+            clock=self.ctl_now,
+        )
+        async with session, asyncio.TaskGroup() as tg:
+            self._session = session
             self._loops = [
-                tg.create_task(self._mqtt_loop(), name="bridge-mqtt"),
+                tg.create_task(self._inbound(session), name="bridge-inbound"),
                 tg.create_task(self._heartbeat_loop(), name="bridge-heartbeat"),
                 tg.create_task(self._report_loop(), name="bridge-reports"),
             ]

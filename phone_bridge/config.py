@@ -7,6 +7,11 @@ The same shape as a device agent's (``[mqtt]``, ``[controller]``, optional ``[tl
     name = "phone-1"
     ble_backend = "bleak"          # or "bumble:tcp-client:127.0.0.1:PORT" (simulated radio)
     auto_approve = true            # `bridge run` takes every instruction; an app may ask its user
+    state_dir = "phone-1.state"    # what survives a restart (the replay guard); default below
+
+``state_dir`` (relative paths resolve against the config file's directory) defaults to
+``<name>.state`` beside the config file, or to the user's state directory
+(``printfleet-bridge/<name>``) for a config that is not read from a file.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import platformdirs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kernel import wire
@@ -43,10 +49,19 @@ class BridgeConfig:
     ble_backend: str = "bleak"
     auto_approve: bool = True
     tls: TlsSettings | None = None
+    #: Where the bridge keeps what must survive a restart (its session store: the replay guard).
+    state_dir: Path | None = None
 
     @property
     def peer(self) -> wire.Peer:
         return wire.Peer(role=wire.Role.BRIDGE, name=self.name)
+
+    @property
+    def state_path(self) -> Path:
+        """``state_dir``, or the user's state directory when the config named none."""
+        if self.state_dir is not None:
+            return self.state_dir
+        return Path(platformdirs.user_state_dir("printfleet-bridge", appauthor=False)) / self.name
 
     @property
     def controller(self) -> wire.Peer:
@@ -81,6 +96,16 @@ def parse_bridge_config(data: Mapping[str, Any], *, base_dir: Path | None = None
     auto = sec.get("auto_approve", True)
     if not isinstance(auto, bool):
         raise BridgeConfigError("bridge config: [bridge] auto_approve must be true or false")
+    state_raw = sec.get("state_dir")
+    state_dir: Path | None = None
+    if state_raw is not None:
+        if not isinstance(state_raw, str) or not state_raw:
+            raise BridgeConfigError("bridge config: [bridge] state_dir must be a path")
+        state_dir = Path(state_raw).expanduser()
+        if not state_dir.is_absolute() and base_dir is not None:
+            state_dir = base_dir / state_dir
+    elif base_dir is not None:
+        state_dir = base_dir / f"{name}.state"
     mqtt = _table(data, "mqtt")
     urls = mqtt.get("urls")
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
@@ -128,6 +153,7 @@ def parse_bridge_config(data: Mapping[str, Any], *, base_dir: Path | None = None
         ble_backend=backend,
         auto_approve=auto,
         tls=tls,
+        state_dir=state_dir,
     )
 
 
