@@ -229,7 +229,7 @@ async def test_a_job_printed_while_its_dispatch_is_recorded_stays_printed(
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from cloud import db
-    from cloud.jobs import JobFeed, JobStore, Submission
+    from cloud.jobs import Intake, JobFeed, JobStore, Submission
     from cloud.registry import PrinterInput, Registry
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'ctl.db'}"
@@ -239,7 +239,7 @@ async def test_a_job_printed_while_its_dispatch_is_recorded_stays_printed(
         sessions = db.make_sessionmaker(engine)
         await Registry(sessions).add_device("kiosk-1", PrinterInput(name="kiosk-1", serial_url="loop://"))
         jobs = JobStore(sessions, JobFeed())
-        job, _ = await jobs.submit(Submission(printer="kiosk-1", kind="text", content="hello"))
+        job, _ = await Intake(jobs).submit(Submission(printer="kiosk-1", kind="text", content="hello"))
 
         # The outbox has published job.print and records the dispatch; the agent is fast and its
         # reports are applied while that record is being written (the order the bench logged).
