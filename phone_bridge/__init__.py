@@ -1,6 +1,9 @@
 """The phone bridge: prints over Bluetooth LE when the cloud path to a printer is down.
 
-Public API so far (the BLE test backend spike; see docs/ble.md):
+Lives here: the bridge daemon and its MQTT session (:mod:`.bridge`), its config file
+(:mod:`.config`), the BLE printer side (:mod:`.ble` and its ``ble_*`` modules), and the simulated
+radio and printer for tests and demos (:mod:`.bleak_bumble`, :mod:`.virtual_printer`). Public API
+(see docs/ble.md):
 
 * :mod:`kernel.gatt` (pure data, no I/O): :data:`PROFILES` in the order the bridge tries
   them, :func:`resolve_profile` (with the fallback rule), the identity challenge
@@ -20,6 +23,9 @@ Public API so far (the BLE test backend spike; see docs/ble.md):
 
 ``bleak_bumble`` and ``virtual_printer`` need ``bumble`` (a heavier import) and are imported on
 first use (so does ``open_backend("bumble:...")``).
+
+May import: the kernel (and bleak, httpx; bumble for the simulated radio); never another part or
+the composition layer.
 """
 
 from __future__ import annotations

@@ -27,19 +27,13 @@ Public API:
 * :class:`Pacing` (bytes/s ceiling, barrier every N chunks, gap between chunks), :class:`WriteResult`,
   :class:`Backoff`; the pure parts :func:`plan_chunks` and :class:`Pacer`.
 
-They live in four modules, all re-exported here: this one (the target and the connection),
-:mod:`phone_bridge.ble_backend` (backend strings and opening a stack), :mod:`phone_bridge.ble_pacing`
-(pure pacing and retry arithmetic), :mod:`phone_bridge.ble_errors` (the exceptions).
+They live in six modules, all re-exported here: this one (the connection),
+:mod:`phone_bridge.ble_target` (the target, the lifecycle states), :mod:`phone_bridge.ble_identity`
+(GATT look-ups, the identity challenge), :mod:`phone_bridge.ble_backend` (backend strings and opening
+a stack), :mod:`phone_bridge.ble_pacing` (pure pacing and retry arithmetic),
+:mod:`phone_bridge.ble_errors` (the exceptions).
 
-Identity policy (the printer proves its identity by signing a fresh 32-byte nonce, docs/ble.md):
-
-========================================  ==============  ==============  =========
-the printer ...                           ``required``    ``preferred``   ``off``
-========================================  ==============  ==============  =========
-signs the nonce with the known key        VERIFIED        VERIFIED        SKIPPED
-has no identity service, or no key known  IdentityRequired UNVERIFIED     SKIPPED
-has the service, signature does not fit   ImpostorError   ImpostorError   SKIPPED
-========================================  ==============  ==============  =========
+Identity policy: the table in :mod:`phone_bridge.ble_identity`.
 
 Writing: chunks of ``min(max_write_without_response_size, 512)`` bytes as write commands (without
 response) paced by :class:`Pacing`, a write request (with response) every ``barrier_every`` chunks
@@ -64,36 +58,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal, Self, TypeVar, get_args
+from typing import TYPE_CHECKING, Final, Self, TypeVar
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
-from bleak.exc import BleakBluetoothNotAvailableError, BleakError, BleakGATTProtocolError
+from bleak.backends.service import BleakGATTServiceCollection
+from bleak.exc import BleakBluetoothNotAvailableError, BleakError
 
 from kernel.gatt import (
-    IDENTITY_NONCE_UUID,
-    IDENTITY_SERVICE_UUID,
-    IDENTITY_SIGNATURE_UUID,
-    MAX_UNIQUE_ID_BYTES,
-    NONCE_SIZE,
     PROFILES,
     PROFILES_BY_NAME,
     PrintChannel,
-    decode_public_key,
     normalize_uuid,
     resolve_profile,
-    uuid16,
-    verify_identity,
 )
 from phone_bridge.ble_backend import Backend, BackendKind, BackendSpec, RadioLike, open_backend
 from phone_bridge.ble_errors import (
@@ -107,6 +92,7 @@ from phone_bridge.ble_errors import (
     PrinterNotFound,
     WriteFailed,
 )
+from phone_bridge.ble_identity import TRANSPORT_ERRORS, characteristic, check_identity, readable
 from phone_bridge.ble_pacing import (
     DEFAULT_BYTES_PER_S,
     MAX_CHUNK,
@@ -116,6 +102,13 @@ from phone_bridge.ble_pacing import (
     Pacing,
     WriteResult,
     plan_chunks,
+)
+from phone_bridge.ble_target import (
+    TRANSITIONS,
+    ConnectionState,
+    IdentityOutcome,
+    IdentityPolicy,
+    PrinterTarget,
 )
 
 if TYPE_CHECKING:
@@ -131,82 +124,8 @@ NAME_ONLY_GRACE_S: Final = 1.0
 #: The profile name reported when the fallback rule chose the print channel.
 FALLBACK_PROFILE: Final = "fallback"
 
-IdentityPolicy = Literal["required", "preferred", "off"]
-_POLICIES: Final = frozenset(get_args(IdentityPolicy))
-_GAP_DEVICE_NAME: Final = uuid16(0x2A00)
-_TRANSPORT_ERRORS: Final = (BleakError, TimeoutError, OSError, EOFError)
 
 _T = TypeVar("_T")
-
-# -- values ----------------------------------------------------------------------------------------
-
-
-class IdentityOutcome(StrEnum):
-    """What the identity challenge established (a failed verification is an :class:`ImpostorError`)."""
-
-    VERIFIED = "verified"  # signed the fresh nonce with the key the cloud knows
-    UNVERIFIED = "unverified"  # no identity service on the printer, or no public key known
-    SKIPPED = "skipped"  # policy "off"
-
-
-@dataclass(frozen=True, kw_only=True)
-class PrinterTarget:
-    """The printer to print to, as the cloud describes it."""
-
-    name: str
-    """The printer's name in printfleet (for errors and logs)."""
-    unique_id: str
-    """The printer's unique id: what the identity challenge signs."""
-    ble_address: str | None = None
-    ble_name: str | None = None
-    """Find by advertised name (plus print service) when no address is given (macOS/iOS hide them)."""
-    ble_profile: str | None = None
-    """A name from :data:`~kernel.gatt.PROFILES` to prefer; ``None``: the order and the fallback."""
-    public_key: str | None = None
-    """The printer's Ed25519 public key, base64 of the raw 32 bytes."""
-    identity: IdentityPolicy = "preferred"
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("name must not be empty")
-        if not 1 <= len(self.unique_id.encode("utf-8")) <= MAX_UNIQUE_ID_BYTES:
-            raise ValueError(f"unique_id must be 1..{MAX_UNIQUE_ID_BYTES} bytes of UTF-8")
-        if not self.ble_address and not self.ble_name:
-            raise ValueError("give ble_address or ble_name (or both)")
-        if self.ble_profile is not None and self.ble_profile not in PROFILES_BY_NAME:
-            raise ValueError(
-                f"unknown ble_profile {self.ble_profile!r}; known: {', '.join(PROFILES_BY_NAME)}"
-            )
-        if self.public_key is not None:
-            decode_public_key(self.public_key)  # raises ValueError on a malformed key
-        if self.identity not in _POLICIES:
-            raise ValueError(f"identity must be one of {', '.join(sorted(_POLICIES))}, got {self.identity!r}")
-
-
-# -- the connection --------------------------------------------------------------------------------
-
-
-class ConnectionState(StrEnum):
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    READY = "ready"
-    WRITING = "writing"
-    LOST = "lost"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-_S = ConnectionState
-#: The allowed lifecycle transitions.
-TRANSITIONS: Final[dict[ConnectionState, frozenset[ConnectionState]]] = {
-    _S.IDLE: frozenset({_S.CONNECTING}),
-    _S.CONNECTING: frozenset({_S.READY, _S.CLOSED}),
-    _S.READY: frozenset({_S.WRITING, _S.LOST, _S.CLOSING}),
-    _S.WRITING: frozenset({_S.READY, _S.LOST, _S.CLOSING}),
-    _S.LOST: frozenset({_S.CLOSING}),
-    _S.CLOSING: frozenset({_S.CLOSED}),
-    _S.CLOSED: frozenset(),
-}
 
 
 class _Barrier(StrEnum):
@@ -395,7 +314,7 @@ class PrinterConnection:
         self._set_state(ConnectionState.CLOSED)
 
     async def _disconnect(self, client: BleakClient) -> None:
-        with contextlib.suppress(*_TRANSPORT_ERRORS):
+        with contextlib.suppress(*TRANSPORT_ERRORS):
             async with asyncio.timeout(self._gatt_timeout):
                 await client.disconnect()
 
@@ -446,7 +365,7 @@ class PrinterConnection:
             async with asyncio.timeout(self._connect_timeout):
                 await client.connect()
             link = await self._set_up(client, device)
-        except _TRANSPORT_ERRORS as exc:  # from connect(); _set_up maps its own
+        except TRANSPORT_ERRORS as exc:  # from connect(); _set_up maps its own
             await self._disconnect(client)
             raise ConnectFailed(
                 f"connect failed: {exc or type(exc).__name__}",
@@ -523,13 +442,13 @@ class PrinterConnection:
             raise NoPrintChannel(
                 "no writable print characteristic", printer=self.target.name, address=device.address
             )
-        char = _characteristic(services, channel.service_uuid, channel.write_uuid)
+        char = characteristic(services, channel.service_uuid, channel.write_uuid)
         assert char is not None  # resolve_profile found it there
         props = set(char.properties)
         commands = "write-without-response" in props
         barrier, read_char = _Barrier.WRITE_REQUEST, None
         if commands and "write" not in props:
-            barrier, read_char = _Barrier.READ, _readable(services, char)
+            barrier, read_char = _Barrier.READ, readable(services, char)
             if read_char is None:
                 raise NoPrintChannel(
                     "the print characteristic takes only write commands and nothing is readable "
@@ -537,7 +456,7 @@ class PrinterConnection:
                     printer=self.target.name,
                     address=device.address,
                 )
-        identity = await self._check_identity(client, device)
+        identity = await check_identity(client, device, self.target, gatt_timeout=self._gatt_timeout)
         return _Link(
             client=client,
             device=device,
@@ -560,73 +479,6 @@ class PrinterConnection:
     async def _gatt(self, operation: Awaitable[_T]) -> _T:
         async with asyncio.timeout(self._gatt_timeout):
             return await operation
-
-    async def _check_identity(self, client: BleakClient, device: BLEDevice) -> IdentityOutcome:
-        target = self.target
-        if target.identity == "off":
-            return IdentityOutcome.SKIPPED
-        nonce_char = _characteristic(client.services, IDENTITY_SERVICE_UUID, IDENTITY_NONCE_UUID)
-        signature_char = _characteristic(client.services, IDENTITY_SERVICE_UUID, IDENTITY_SIGNATURE_UUID)
-        if nonce_char is None or signature_char is None or target.public_key is None:
-            reason = (
-                "no public key is known"
-                if target.public_key is None
-                else "the printer has no identity service"
-            )
-            if target.identity == "required":
-                raise IdentityRequired(
-                    f"identity required: {reason}", printer=target.name, address=device.address
-                )
-            log.warning("printer %s: identity not verified: %s", target.name, reason)
-            return IdentityOutcome.UNVERIFIED
-        nonce = secrets.token_bytes(NONCE_SIZE)
-        try:
-            signature = await self._challenge(client, nonce_char, signature_char, nonce)
-        except BleakGATTProtocolError as exc:
-            raise ImpostorError(
-                f"the printer refused the identity challenge: {exc}",
-                printer=target.name,
-                address=device.address,
-            ) from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise ConnectFailed(
-                f"identity challenge failed: {exc or type(exc).__name__}",
-                printer=target.name,
-                address=device.address,
-            ) from exc
-        if not verify_identity(
-            public_key=target.public_key, unique_id=target.unique_id, nonce=nonce, signature=signature
-        ):
-            raise ImpostorError(
-                "the identity signature does not verify with the printer's public key",
-                printer=target.name,
-                address=device.address,
-            )
-        return IdentityOutcome.VERIFIED
-
-    async def _challenge(
-        self,
-        client: BleakClient,
-        nonce_char: BleakGATTCharacteristic,
-        signature_char: BleakGATTCharacteristic,
-        nonce: bytes,
-    ) -> bytes:
-        """Write the nonce; the signature comes as a notification, else by reading the characteristic."""
-        notified: asyncio.Queue[bytes] = asyncio.Queue()
-        notify = bool({"notify", "indicate"} & set(signature_char.properties))
-        if notify:
-            await self._gatt(
-                client.start_notify(signature_char, lambda _c, data: notified.put_nowait(bytes(data)))
-            )
-        await self._gatt(client.write_gatt_char(nonce_char, nonce, response=True))
-        signature: bytes | None = None
-        if notify:
-            with contextlib.suppress(TimeoutError):
-                signature = await asyncio.wait_for(notified.get(), self._gatt_timeout)
-            await self._gatt(client.stop_notify(signature_char))
-        if signature is None:
-            signature = bytes(await self._gatt(client.read_gatt_char(signature_char)))
-        return signature
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -685,7 +537,7 @@ class PrinterConnection:
                 sent = chunk.end
                 if chunk.barrier and link.read_char is not None:
                     await self._gatt(link.client.read_gatt_char(link.read_char))
-            except _TRANSPORT_ERRORS as exc:
+            except TRANSPORT_ERRORS as exc:
                 reason = "the printer did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
                 raise self._write_failed(reason or type(exc).__name__, sent, confirmed, len(data)) from exc
             pacer.sent(len(piece), started=began, ended=time.monotonic())
@@ -704,34 +556,6 @@ class PrinterConnection:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._lost.wait()
-
-
-def _characteristic(
-    services: BleakGATTServiceCollection, service_uuid: str, char_uuid: str
-) -> BleakGATTCharacteristic | None:
-    service = _service(services, service_uuid)
-    if service is None:
-        return None
-    return next((c for c in service.characteristics if normalize_uuid(c.uuid) == char_uuid), None)
-
-
-def _service(services: BleakGATTServiceCollection, service_uuid: str) -> BleakGATTService | None:
-    return next((s for s in services if normalize_uuid(s.uuid) == service_uuid), None)
-
-
-def _readable(
-    services: BleakGATTServiceCollection, char: BleakGATTCharacteristic
-) -> BleakGATTCharacteristic | None:
-    """Something to read as a barrier: the print characteristic, a readable one of its service, or
-    the device name (GAP; BlueZ hides that service)."""
-    candidates: list[BleakGATTCharacteristic] = [char]
-    service = services.get_service(char.service_handle)
-    if service is not None:
-        candidates.extend(service.characteristics)
-    gap = _characteristic(services, uuid16(0x1800), _GAP_DEVICE_NAME)
-    if gap is not None:
-        candidates.append(gap)
-    return next((c for c in candidates if "read" in c.properties), None)
 
 
 __all__ = [

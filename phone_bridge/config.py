@@ -29,11 +29,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kernel import wire
 from kernel.config import BrokerAddress, TlsSettings, dump_config, parse_tls
-from kernel.errors import ConfigError, PrintfleetError
+from kernel.errors import ConfigError
 
 
-class BridgeConfigError(PrintfleetError):
-    """A bridge configuration file that cannot be used (the message names the field)."""
+class BridgeConfigError(ConfigError):
+    """A bridge configuration file that cannot be used (the message names the field).
+
+    A :class:`kernel.errors.ConfigError`, and so a ``PrintfleetError``.
+    """
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,8 @@
   connection its own virtual controller (H4 framing) on the link, so a host in another process reaches
   the printer with the bumble transport ``tcp-client:127.0.0.1:PORT``.
   ``python -m phone_bridge.virtual_printer --listen 127.0.0.1:0`` does that and prints the spec.
+* Its configuration is in :mod:`phone_bridge.virtual_printer_config`, the radio server in
+  :mod:`phone_bridge.virtual_radio`; both are importable from here.
 
 The drain is modelled in continuous time: before each write lands, the printer prints what it
 could have printed since the last drain, so a sender paced below the drain rate loses nothing and an
@@ -23,27 +25,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from types import TracebackType
 from typing import Final, Self
 
-from bumble import att, gatt, hci, ll
+from bumble import att, gatt, hci
 from bumble.controller import Controller
 from bumble.core import UUID, AdvertisingData
 from bumble.device import Connection, Device
 from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport import open_transport
-from bumble.transport.common import AsyncPipeSink, StreamPacketSink, StreamPacketSource, Transport
+from bumble.transport.common import AsyncPipeSink, Transport
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from kernel.gatt import (
     IDENTITY_NONCE_UUID,
@@ -52,73 +50,17 @@ from kernel.gatt import (
     NONCE_SIZE,
     PROFILES,
     PROFILES_BY_NAME,
-    GattProfile,
     identity_message,
 )
 from kernel.sim.model import PrinterModel
 from kernel.sim.state import Overflow, Receipt
+from phone_bridge.virtual_printer_config import Impostor, VirtualPrinterConfig, public_key_b64
+from phone_bridge.virtual_radio import VirtualRadioServer
 
 log = logging.getLogger(__name__)
 
 _SIG_SUFFIX: Final = "-0000-1000-8000-00805f9b34fb"
 _TICK: Final = 0.005
-
-
-class Impostor(StrEnum):
-    """How an impostor (right name and profile, not the right printer) handles the challenge."""
-
-    WRONG_KEY = "wrong-key"  # answers, signed with a key of its own
-    NO_KEY = "no-key"  # has no identity service
-
-
-@dataclass(frozen=True, kw_only=True)
-class VirtualPrinterConfig:
-    """What the virtual printer looks like and how it behaves."""
-
-    name: str = "MPT-II"
-    profile: GattProfile = PROFILES[0]
-    address: str = "F0:C0:00:00:00:01"
-    """Random static address (the two top bits set)."""
-    buffer_size: int = 512
-    drain_bytes_per_s: float = 8000.0
-    max_mtu: int = 517
-    disconnect_after_bytes: int | None = None
-    """Drop the connection once this many bytes of print data arrived (the rest is lost)."""
-    drop_first_connections: int = 0
-    """Hang up at once on this many connections before accepting one (a flaky link, a busy module)."""
-    write_with_response: bool = True
-    """The write characteristic has the ``write`` property; without it write requests get the ATT
-    error *Write Not Permitted*."""
-    write_without_response: bool = True
-    """The write characteristic has ``write-without-response``; without it write commands are ignored
-    (a write command has no reply, so the sender never learns)."""
-    unique_id: str = "printer-1"
-    identity_key: Ed25519PrivateKey | None = field(default=None, repr=False)
-    """Answers the identity challenge with this key; ``None``: no identity service."""
-    impostor: Impostor | None = None
-    advertising_interval_ms: float = 20.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= len(self.name.encode()) <= 20:
-            raise ValueError("name must be 1..20 bytes of UTF-8 (it must fit the advertisement)")
-        if self.buffer_size < 16:
-            raise ValueError("buffer_size must be at least 16")
-        if self.drain_bytes_per_s <= 0:
-            raise ValueError("drain_bytes_per_s must be positive")
-        if not 23 <= self.max_mtu <= 517:
-            raise ValueError("max_mtu must be within 23..517")
-        if self.disconnect_after_bytes is not None and self.disconnect_after_bytes < 0:
-            raise ValueError("disconnect_after_bytes must not be negative")
-        if self.drop_first_connections < 0:
-            raise ValueError("drop_first_connections must not be negative")
-        if not (self.write_with_response or self.write_without_response):
-            raise ValueError("the write characteristic needs write, write-without-response or both")
-        hci.Address(self.address)  # raises on a malformed address
-
-
-def public_key_b64(key: Ed25519PrivateKey) -> str:
-    """The public half as printfleet stores it: base64 of the raw 32 bytes."""
-    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
 
 def _bumble_uuid(value: str) -> UUID:
@@ -461,81 +403,6 @@ class VirtualPrinter:
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until everything received was printed."""
         await self.wait_until(lambda p: p.model.buffered == 0, timeout)
-
-
-class VirtualRadioServer:
-    """A shared virtual radio served over TCP: each connection gets its own virtual controller.
-
-    The far end speaks HCI with H4 framing, as bumble's ``tcp-client:HOST:PORT`` transport does; all
-    controllers sit on one :class:`~bumble.link.LocalLink`, with whatever in-process devices are on it
-    (a :class:`VirtualPrinter`). When a TCP connection closes, its controller leaves the radio and its
-    peers see the link drop (supervision timeout).
-    """
-
-    def __init__(self, link: LocalLink, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.link = link
-        self._host = host
-        self._port = port
-        self._server: asyncio.Server | None = None
-        self._count = 0
-
-    @property
-    def spec(self) -> str:
-        """The bumble transport spec a host in another process opens (``tcp-client:HOST:PORT``)."""
-        if self._server is None:
-            raise RuntimeError("the radio server is not running")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"tcp-client:{host}:{port}"
-
-    async def __aenter__(self) -> Self:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ControllerProtocol(self), self._host, self._port)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    def _name(self) -> str:
-        self._count += 1
-        return f"radio-{self._count}"
-
-
-class _ControllerProtocol(asyncio.Protocol):
-    def __init__(self, server: VirtualRadioServer) -> None:
-        self._server = server
-        self._source: StreamPacketSource | None = None
-        self._controller: Controller | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self._source = StreamPacketSource()
-        name = self._server._name()
-        self._controller = Controller(
-            name,
-            host_source=self._source,
-            host_sink=StreamPacketSink(transport),
-            link=self._server.link,
-            public_address=hci.Address.generate_static_address(),
-        )
-        log.info("virtual radio: %s joined from %s", name, transport.get_extra_info("peername"))
-
-    def data_received(self, data: bytes) -> None:
-        if self._source is not None:
-            self._source.data_received(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        controller, self._controller = self._controller, None
-        if controller is None:
-            return
-        for connection in list(controller.le_connections.values()):
-            connection.send_ll_control_pdu(ll.TerminateInd(hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR))
-        self._server.link.remove_controller(controller)
-        log.info("virtual radio: %s left", controller.name)
 
 
 # ----------------------------------------------------------------------------------------------
