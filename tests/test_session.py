@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +19,8 @@ import pytest
 
 from broker import EmbeddedBroker, ListenerSpec, StaticCredentials
 from broker.testing import Account, free_port, make_account
+from device_agent.agent import Agent
+from device_agent.config import parse_config
 from device_agent.journal import Journal
 from kernel import wire
 from kernel.config import BrokerAddress
@@ -351,6 +353,111 @@ async def test_a_replayed_instruction_is_refused_after_the_session_restarts(
                 await j2.close()
 
 
+async def test_a_restarted_agent_refuses_a_replayed_instruction(fleet: Fleet, tmp_path: Path) -> None:
+    """The same through a real agent: a heartbeat ack it answered before its restart is refused
+    after it (no echo), a fresh one is answered."""
+    async with broker(fleet) as b, controller(fleet, b.port) as ctl:
+        config = parse_config(
+            {
+                "device": {"name": DEV.name},
+                "mqtt": {
+                    "urls": [str(at(b.port))],
+                    "username": DEV.client_id,
+                    "password": fleet.device.secret,
+                    "keepalive": 5,
+                },
+                "controller": {
+                    "http": "http://127.0.0.1:9",
+                    "name": CTL.name,
+                    "public_keys": [fleet.key.public_b64()],
+                },
+                "agent": {"state_dir": str(tmp_path / "k1")},
+            }
+        )
+
+        def ack(hb_seq: int) -> wire.Envelope:
+            return ctl.instruction(
+                wire.HeartbeatAck(hb_seq=hb_seq, ctl_ts=wire.now_ms(), config_version=0), DEV
+            )
+
+        async def echo() -> int:
+            return (await ctl.expect(wire.MsgType.HEARTBEAT_ECHO)).parsed(wire.HeartbeatEcho).hb_seq
+
+        first = ack(4242)
+        async with _running(Agent(config).run()):
+            await ctl.expect(wire.MsgType.BIRTH)
+            await ctl.send(first, DEV)
+            assert await echo() == 4242
+        async with _running(Agent(config).run()):
+            await ctl.expect(wire.MsgType.BIRTH)
+            await ctl.send(first, DEV)  # replayed
+            await ctl.send(ack(4343), DEV)
+            refused = (await ctl.expect(wire.MsgType.REFUSED)).parsed(wire.Refused)
+            assert refused.message_id == first.id and "replayed instruction" in refused.reason
+            assert await echo() == 4343  # never 4242 again
+
+
+async def test_a_restarted_bridge_refuses_a_replayed_offer(fleet: Fleet, tmp_path: Path) -> None:
+    """The same through a real bridge: an offer its app saw before the restart never reaches the
+    app again (the bridge's replay guard is in its state directory now, not only in memory)."""
+    async with broker(fleet) as b, controller(fleet, b.port) as ctl:
+        config = _bridge_config(fleet, b.port, tmp_path)
+        printer = wire.BlePrinter(name="kiosk-1", unique_id="u-1", ble_name="K1")
+
+        def offer(job_id: str) -> wire.Envelope:
+            body = wire.BridgeOffer(
+                offer_id=wire.new_id(),
+                job_id=job_id,
+                printer=printer,
+                bridge=BRG.name,
+                grant_until=wire.now_ms() + 30_000,
+                size=1,
+                sha256="0" * 64,
+            )
+            return ctl.instruction(body, BRG)
+
+        first = offer("j-first")
+        async with open_bridge(config, backend="bleak") as bridge:
+            await ctl.expect(wire.MsgType.BIRTH)
+            await ctl.send(first, BRG)
+            async with asyncio.timeout(WAIT_S):
+                assert (await anext(bridge.instructions())).job_id == "j-first"
+        async with open_bridge(config, backend="bleak") as bridge:
+            await ctl.expect(wire.MsgType.BIRTH)
+            await ctl.send(first, BRG)  # replayed
+            await ctl.send(offer("j-fresh"), BRG)
+            async with asyncio.timeout(WAIT_S):
+                assert (await anext(bridge.instructions())).job_id == "j-fresh"
+            refused = (await ctl.expect(wire.MsgType.REFUSED)).parsed(wire.Refused)
+            assert refused.message_id == first.id
+            assert f"unexpected or replayed bridge.offer (seq {first.seq})" in refused.reason
+
+
+@contextlib.asynccontextmanager
+async def _running(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    task = asyncio.create_task(coro, name="test-agent")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _bridge_config(fleet: Fleet, port: int, tmp_path: Path) -> BridgeConfig:
+    return BridgeConfig(
+        name=BRG.name,
+        brokers=(at(port),),
+        username=BRG.client_id,
+        password=fleet.bridge.secret,
+        controller_http="http://127.0.0.1:9",
+        controller_name=CTL.name,
+        public_keys=fleet.keys,
+        keepalive=5,
+        state_dir=tmp_path / "bridge-state",
+    )
+
+
 async def test_forged_misaddressed_and_expired_instructions_are_refused(fleet: Fleet) -> None:
     async with (
         broker(fleet) as b,
@@ -385,17 +492,7 @@ async def test_the_bridge_follows_controller_presence(fleet: Fleet, tmp_path: Pa
     """A bridge sees the controller go offline (its will) and come back, and announces itself again
     to a restarted controller (a new controller session)."""
     async with broker(fleet) as b:
-        config = BridgeConfig(
-            name=BRG.name,
-            brokers=(at(b.port),),
-            username=BRG.client_id,
-            password=fleet.bridge.secret,
-            controller_http="http://127.0.0.1:9",
-            controller_name=CTL.name,
-            public_keys=fleet.keys,
-            keepalive=5,
-            state_dir=tmp_path / "bridge-state",
-        )
+        config = _bridge_config(fleet, b.port, tmp_path)
         async with open_bridge(config, backend="bleak") as bridge:
             async with controller(fleet, b.port, session=7) as ctl:
                 async with asyncio.timeout(WAIT_S):
