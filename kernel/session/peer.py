@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from kernel import wire
 from kernel.config import BrokerAddress, TlsSettings
 from kernel.session.backoff import Backoff
-from kernel.session.errors import ConnectionLost
+from kernel.session.errors import ConnectionLost, SessionError
 from kernel.session.link import (
     Link,
     LinkDown,
@@ -160,7 +160,13 @@ BirthFactory = Callable[[int], wire.Birth]
 
 
 class PeerSession:
-    """See the module docstring. Nothing happens before ``async with``."""
+    """See the module docstring. Nothing happens before ``async with``.
+
+    ``store`` keeps the replay floors and session numbers; ``keys`` are the controller keys
+    trusted at start (:meth:`trust` replaces them); ``birth`` builds each connection's birth from
+    its session number; ``clock`` is the controller's clock as the owner estimates it (expiry is
+    judged on it).
+    """
 
     def __init__(
         self,
@@ -204,7 +210,7 @@ class PeerSession:
         return self._link.address
 
     @property
-    def last_error(self) -> Exception | None:
+    def last_error(self) -> SessionError | None:
         return self._link.last_error
 
     @property
