@@ -100,7 +100,7 @@ def agent_enroll(
     result = redeem_enrollment(server, enrollment_token, "device")
     write_agent_config(out_path, result["agent_config"])
     out.print(f"enrolled as device {result['device']}; config written to {out_path}")
-    out.print(f"start the agent: printfleet-agent run --config {out_path}")
+    out.print(f"start the agent: printfleet agent run --config {out_path}")
 
 
 def _status_facts(config: Path) -> dict[str, Any]:

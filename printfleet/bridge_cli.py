@@ -61,7 +61,7 @@ def bridge_enroll(
     result = redeem_enrollment(server, enrollment_token, "bridge")
     write_bridge_config(out_path, result["bridge_config"])
     out.print(f"enrolled as bridge {result['bridge']}; config written to {out_path}")
-    out.print(f"start it: printfleet-bridge run --config {out_path}")
+    out.print(f"start it: printfleet bridge run --config {out_path}")
 
 
 @bridge_host_app.command("run")

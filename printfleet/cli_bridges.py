@@ -38,7 +38,7 @@ def bridge_register(
         out.print(f"registered bridge {name}; one-time enrolment token (expires {ts(result['expires_at'])}):")
         out.print(result["enrollment_token"], markup=False)
         out.print(
-            f"on the phone: printfleet-bridge enroll --server URL --enrollment-token TOKEN --out {name}.toml"
+            f"on the phone: printfleet bridge enroll --server URL --enrollment-token TOKEN --out {name}.toml"
         )
         return
     target = out_path or Path(f"{name}.bridge.toml")
@@ -51,7 +51,7 @@ def bridge_register(
         raise
     where = ", ".join(near or []) or "no printer yet (printfleet bridge near)"
     out.print(f"registered bridge {name} near {where}; config written to {target}")
-    out.print(f"on the phone: printfleet-bridge run --config {target.name}")
+    out.print(f"on the phone: printfleet bridge run --config {target.name}")
 
 
 @bridge_app.command("list")

@@ -44,7 +44,7 @@ def devices_add(
         out.print(f"registered device {name}; one-time enrolment token (expires {ts(result['expires_at'])}):")
         out.print(result["enrollment_token"], markup=False)
         out.print(
-            f"on the host: printfleet-agent enroll --server URL --enrollment-token TOKEN --out {name}.toml"
+            f"on the host: printfleet agent enroll --server URL --enrollment-token TOKEN --out {name}.toml"
         )
         return
     target = out_path or Path(f"{name}.agent.toml")
@@ -56,7 +56,7 @@ def devices_add(
         call("DELETE", f"/v1/devices/{name}")  # nothing half-registered
         raise
     out.print(f"registered device {name} with printer {name}; agent config written to {target}")
-    out.print(f"on the host: printfleet-agent run --config {target.name}")
+    out.print(f"on the host: printfleet agent run --config {target.name}")
 
 
 @devices_app.command("remove")
