@@ -7,6 +7,7 @@
           |                         broke (printer, reason, retryable)
           +-- CommandRejected       a maintenance command the agent will not run (bad arguments, not
           |                         configured, not allowed): reported ``rejected``
+          +-- HostCommandFailed     a host command (reboot, shutdown) exited non-zero (command, returncode)
           +-- UpdateRefused         an update that cannot be attempted (bad arguments, an untrusted URL)
           +-- UpdateFailed          an update attempted that failed; nothing was installed or selected
           +-- VersionError          a package that cannot be installed, a version store that cannot change
@@ -41,6 +42,16 @@ class CommandRejected(AgentError):
     """The agent will not run this command (bad arguments, not configured, not allowed)."""
 
 
+class HostCommandFailed(AgentError):
+    """A host command (``reboot``, ``shutdown``) exited non-zero; the tail of its output is kept."""
+
+    def __init__(self, command: str, returncode: int | None, output: str) -> None:
+        super().__init__(f"{command!r} exited {returncode}: {output}")
+        self.command = command
+        self.returncode = returncode
+        self.output = output
+
+
 class UpdateRefused(AgentError):
     """The update cannot be attempted (bad arguments, an untrusted URL): the command is rejected."""
 
@@ -57,6 +68,7 @@ __all__ = [
     "AgentConfigError",
     "AgentError",
     "CommandRejected",
+    "HostCommandFailed",
     "PrinterLinkError",
     "UpdateFailed",
     "UpdateRefused",

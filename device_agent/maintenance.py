@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from device_agent.errors import CommandRejected
+from device_agent.errors import CommandRejected, HostCommandFailed
 from device_agent.journal import Journal
 from device_agent.update import UpdateFailed, Updater, UpdateRefused
 from kernel import wire
@@ -264,9 +264,7 @@ class Executor:
                 )
                 out, _ = await proc.communicate()
                 if proc.returncode != 0:
-                    raise RuntimeError(
-                        f"{command!r} exited {proc.returncode}: {out.decode(errors='replace')[-300:]}"
-                    )
+                    raise HostCommandFailed(command, proc.returncode, out.decode(errors="replace")[-300:])
                 await asyncio.Event().wait()  # the host goes down; confirmed by the next boot
                 return _PENDING_RESTART
             case "update":

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
 from device_agent.journal import Journal, JournalJob
-from device_agent.printer import PrintOutcome, PrintResult
+from device_agent.printer import PrinterLinkError, PrintOutcome, PrintResult
 from kernel import wire
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class PrinterWorker:
         """Send a maintenance sequence (self-test, drawer kick) between jobs, confirmed like a job."""
         port = self._port
         if port is None:
-            raise RuntimeError(f"printer {self.spec.name} is not connected")
+            raise PrinterLinkError(self.spec.name, "not connected", retryable=True)
 
         async def nothing(*_args: object) -> None:
             return None
@@ -140,7 +140,9 @@ class PrinterWorker:
             finally:
                 self.busy = False
         if outcome.result is PrintResult.FAILED:
-            raise RuntimeError(outcome.reason or "the printer did not confirm")
+            raise PrinterLinkError(
+                self.spec.name, outcome.reason or "the printer did not confirm", retryable=False
+            )
 
     async def _follow_asb(self, port: PrinterPort) -> None:
         """Status the printer reports by itself: shown at once, and a held job resumes at once."""

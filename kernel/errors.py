@@ -1,17 +1,37 @@
 """The exception root shared by every printfleet package.
 
-::
+Every error printfleet raises on purpose is a :class:`PrintfleetError` (``retryable`` says whether
+trying again may help); each package raises its own subclasses with structured fields, and maps
+third-party errors at its boundary with ``raise ... from exc``. The tree::
 
-    PrintfleetError
-     +-- WireError            (kernel.wire: a message that does not follow the contract)
-     +-- ConfigError          (kernel.config: a config file that cannot be used)
-     +-- DocumentError        (kernel.escpos profiles, cloud.render: a document that cannot be rendered)
-     +-- BrokerError          (broker: the embedded broker could not start or be configured)
-     +-- ControllerError      (cloud: a request the controller refuses; carries an HTTP status)
-     +-- AgentError           (device_agent: configuration or printer-link failures)
+    PrintfleetError                       (message, retryable)
+     |  kernel
+     +-- WireError                        kernel.wire: a message or name off the wire contract
+     +-- ConfigError                      kernel.config: a config file that cannot be used
+     |    +-- AgentConfigError            device_agent.errors (also an AgentError)
+     |    +-- BridgeConfigError           phone_bridge.config
+     +-- DocumentError                    kernel.errors, raised by kernel.escpos.profiles and
+     |                                    cloud.render (item, item_type, field)
+     +-- TlsError                         kernel.tls: a certificate or key not created/loaded (path)
+     +-- WheelError                       kernel.wheel: not an installable printfleet wheel
+     +-- StatusDecodeError                kernel.escpos.status: bytes that are no printer status
+     |                                    (also a ValueError)
+     +-- SessionError                     kernel.session: the MQTT peer session
+     |    +-- ConnectFailed, ConnectionLost          (address, reason; retryable)
+     |  parts
+     +-- BrokerError                      broker.errors: the broker could not start or be configured
+     +-- ControllerError                  cloud.errors: a request the controller refuses (HTTP status)
+     |    +-- NotFound, Conflict, NotNear (cloud.jobs.intake), TaskDied (cloud.supervisor)
+     +-- AgentError                       device_agent.errors (tree there)
+     |    +-- AgentConfigError, PrinterLinkError (printer, reason), CommandRejected,
+     |        HostCommandFailed, UpdateRefused, UpdateFailed, VersionError
+     +-- BleError                         phone_bridge.ble_errors (printer, address, reason; tree there)
+     +-- BridgeError                      phone_bridge.bridge: the bridge could not do what was asked
+     |  composition
+     +-- CliError, ClientError            printfleet.cli_common, printfleet.client: mapped to exit codes
 
-Each package raises its own subclass with structured fields; third-party errors are mapped at the
-boundary with ``raise ... from exc``.
+Misuse of an API (a bad argument in code, a call in the wrong lifecycle state) stays a plain
+``ValueError``/``RuntimeError``: that is a bug to fix, not an error to handle.
 """
 
 from __future__ import annotations

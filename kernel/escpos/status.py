@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
 
+from kernel.errors import PrintfleetError
 from kernel.wire import PrinterHealth
 
 #: Longest block-reply payload accepted before the block is dropped and the parser resyncs.
@@ -92,8 +93,9 @@ _ERROR_LABELS = {
 }
 
 
-class StatusDecodeError(ValueError):
-    """A byte that is not a valid DLE EOT reply (``(b & 0x93) != 0x12``)."""
+class StatusDecodeError(PrintfleetError, ValueError):
+    """Bytes that are not a valid printer status: a DLE EOT reply byte with ``(b & 0x93) != 0x12``, or
+    a 4-byte block that is not Automatic Status Back. Also a ``ValueError``."""
 
 
 def is_status_reply(b: int) -> bool:
@@ -239,9 +241,9 @@ def is_asb_rest(b: int) -> bool:
 
 
 def decode_asb(block: bytes) -> PrinterStatus:
-    """Decode a 4-byte ASB block; ``ValueError`` if it is not one."""
+    """Decode a 4-byte ASB block; :class:`StatusDecodeError` (a ``ValueError``) if it is not one."""
     if len(block) != 4 or not is_asb_first(block[0]) or not all(is_asb_rest(b) for b in block[1:]):
-        raise ValueError(f"not an ASB block: {block.hex(' ')}")
+        raise StatusDecodeError(f"not an ASB block: {block.hex(' ')}")
     b1, b2, b3 = block[0], block[1], block[2]
     err = {kind: bool(b2 & kind.value) for kind in ErrorKind}
     return PrinterStatus(
