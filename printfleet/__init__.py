@@ -4,7 +4,8 @@ It wires the parts together (``broker``, ``cloud``, ``device_agent``, ``phone_br
 ``kernel``) and nothing imports it. Three commands: ``printfleet`` (the full install: :mod:`.cli`
 assembles one module per command group), ``printfleet-agent`` (:mod:`.agent_cli`: kernel and
 ``device_agent`` only) and ``printfleet-bridge`` (:mod:`.bridge_cli`: kernel and ``phone_bridge`` only).
-``python -m printfleet agent run``, what hosts' launchers start, goes straight to :mod:`.agent_cli`.
+``printfleet agent ...`` and ``python -m printfleet agent run`` (what hosts' systemd units and launchers
+start) go straight to :mod:`.agent_cli` (:mod:`.entry`).
 Errors become exit codes and one-line messages in :mod:`.cli_common`.
 
 May import: every package. Imported by: nothing (tests aside).

@@ -5,8 +5,8 @@ shows what the host's files say (device, controller, brokers, printers, installs
 reports); ``versions`` lists the installs kept by updates and picks one by hand.
 
 Imports only the kernel, ``device_agent``, typer/rich and httpx (what ``printfleet[agent]``
-installs): ``python -m printfleet agent ...``, which the launchers of hosts in the field start,
-comes straight here (:mod:`printfleet.__main__`).
+installs): ``printfleet agent ...`` and ``python -m printfleet agent ...``, which the systemd units
+and launchers of hosts in the field start, come straight here (:mod:`printfleet.entry`).
 """
 
 from __future__ import annotations

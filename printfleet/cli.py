@@ -8,8 +8,9 @@ phone bridges (:mod:`printfleet.cli_bridges`, :mod:`printfleet.bridge_cli`), the
 (:mod:`printfleet.cli_admin`), and up/demo/broker (:mod:`printfleet.cli_serve`). Errors become
 exit codes and one-line messages in one place: :mod:`printfleet.cli_common`.
 
-``printfleet`` is the full install's command: where only a role is installed (``printfleet[agent]``,
-``printfleet[bridge]``) it says in one line to install ``printfleet[cloud]``.
+The ``printfleet`` command enters through :mod:`printfleet.entry` (``agent ...`` goes straight to the
+agent's command line); everything else needs the full install: where only a role is installed
+(``printfleet[agent]``, ``printfleet[bridge]``) it says in one line to install ``printfleet[cloud]``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def missing_cloud_stack() -> str | None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """``printfleet``."""
+    """The full command line (``printfleet`` but ``agent ...``: :mod:`printfleet.entry`)."""
     missing = missing_cloud_stack()
     if missing is not None:
         err.print(

@@ -62,8 +62,8 @@ def test_the_role_commands_import_only_their_part_and_the_kernel(graph: grimp.Im
     bridge = set(graph.find_upstream_modules("printfleet.bridge_cli"))
     assert _hits(bridge, BRIDGE_FORBIDDEN) == []
     assert "phone_bridge.bridge" in bridge
-    main = set(graph.find_upstream_modules("printfleet.__main__"))
-    assert "printfleet.agent_cli" in main and "printfleet.cli" in main  # both, each imported lazily
+    entry = set(graph.find_upstream_modules("printfleet.entry"))
+    assert "printfleet.agent_cli" in entry and "printfleet.cli" in entry  # both, each imported lazily
 
 
 def _agent_config(tmp_path: Path) -> Path:
@@ -132,12 +132,12 @@ class Block(MetaPathFinder):
 
 sys.meta_path.insert(0, Block())
 sys.argv = ["printfleet", *sys.argv[1:]]
-from printfleet.cli import main
+from printfleet.entry import main
 main()
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["devices", "list"], ["agent", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["devices", "list"], ["bridge", "run", "--help"]])
 def test_printfleet_without_the_controller_stack_says_what_to_install(args: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, "-c", BLOCK_FASTAPI, *args], capture_output=True, text=True, timeout=60, check=False
@@ -145,6 +145,18 @@ def test_printfleet_without_the_controller_stack_says_what_to_install(args: list
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert "pip install 'printfleet[cloud]'" in done.stderr and "printfleet-agent" in done.stderr
+
+
+def test_printfleet_agent_needs_no_controller_stack() -> None:
+    """`printfleet agent run`, what hosts' systemd units start, works on an agent-only install."""
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_FASTAPI, "agent", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and "Usage: printfleet agent run" in done.stdout, done.stderr
 
 
 # -- new virtual environments with one role installed (full: builds and installs) ---------------
@@ -217,6 +229,8 @@ def test_a_host_with_only_the_agent_installed(tmp_path: Path, wheel: Path) -> No
     for argv in (["--help"], ["run", "--help"], ["status", "--help"], ["versions", "--help"]):
         done = _run(bin_dir / "printfleet-agent", *argv)
         assert done.returncode == 0 and "Usage: printfleet-agent" in done.stdout, done
+    done = _run(bin_dir / "printfleet", "agent", "run", "--help")  # what hosts' systemd units run
+    assert done.returncode == 0 and "Usage: printfleet agent run" in done.stdout, done
     _check_no_controller(agent_venv, "fastapi", "sqlalchemy", "bumble", "uvicorn", "alembic", "bleak")
 
     # what the launchers of hosts in the field start runs the agent from this install
