@@ -40,7 +40,7 @@ _TERMINAL = [s.value for s in wire.TERMINAL_COMMAND_STATES]
 
 
 def _moves() -> frozenset[tuple[wire.CommandState, wire.CommandState]]:
-    moves = set()
+    moves: set[tuple[wire.CommandState, wire.CommandState]] = set()
     for current in C:
         for new in C:
             if current == new:

@@ -88,7 +88,7 @@ def printer_spec(printer: Printer) -> wire.PrinterSpec:
         serial_url=printer.serial_url,
         baud=printer.baud,
         profile=printer.profile,
-        flow_control=printer.flow_control,  # type: ignore[arg-type]
+        flow_control=printer.flow_control,
         status_queries=profile.status_queries,
         asb=profile.asb,
     )

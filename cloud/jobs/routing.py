@@ -90,7 +90,7 @@ def ble_printer(printer: Printer) -> wire.BlePrinter:
         ble_name=printer.ble_name,
         ble_profile=printer.ble_profile,
         public_key=printer.public_key,
-        identity=printer.identity,  # type: ignore[arg-type]  # checked when set
+        identity=printer.identity,  # checked when set
     )
 
 

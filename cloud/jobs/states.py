@@ -56,7 +56,7 @@ RELEASE_FROM = frozenset({S.DISPATCHED, S.DELIVERED})
 
 
 def _progress() -> frozenset[tuple[wire.JobState, wire.JobState]]:
-    moves = set()
+    moves: set[tuple[wire.JobState, wire.JobState]] = set()
     for current in S:
         if current.terminal:
             continue
