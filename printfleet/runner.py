@@ -130,9 +130,9 @@ async def serve(config: ControllerConfig, *, demo: bool, console: Console) -> No
             finally:
                 signal_task.cancel()
                 run_task.cancel()
-                await asyncio.gather(signal_task, return_exceptions=True)
-            if not run_task.cancelled() and run_task.done() and run_task.exception() is not None:
-                raise run_task.exception()  # type: ignore[misc]
+                await asyncio.gather(signal_task, run_task, return_exceptions=True)
+            if run_task.done() and not run_task.cancelled():
+                run_task.result()  # a supervised task died: raise it (TaskDied), the exit is non-zero
             console.print(f"{signal_task.result()}: shutting down")
 
 
