@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from printfleet.cli_api import api, call
-from printfleet.cli_common import JsonOpt, emit_json, fail, out, ts
+from printfleet.cli_common import EXIT_FAILED, JsonOpt, emit_json, fail, out, ts
 from printfleet.cli_update import register_update_commands, wait_command
 
 cmd_app = typer.Typer(
@@ -66,7 +66,7 @@ def _run_cmd(
                 shown = {k: v for k, v in result.items() if k != "agent_audit"}
                 out.print(json.dumps(shown, indent=2, sort_keys=True), markup=False)
     if wait and any(c["state"] != "succeeded" for c in results):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _simple_cmd(action: str, doc: str) -> None:

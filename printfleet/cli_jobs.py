@@ -13,7 +13,7 @@ from rich.table import Table
 
 from kernel.wire import JobState
 from printfleet.cli_api import api, call
-from printfleet.cli_common import JsonOpt, emit_json, err, fail, out, ts
+from printfleet.cli_common import EXIT_FAILED, JsonOpt, emit_json, err, fail, out, ts
 from printfleet.client import ApiClient
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Print jobs and their history.")
@@ -92,7 +92,7 @@ def print_cmd(
             line += f" ({job['detail']})"
         out.print(line, markup=False)
     if wait and job["state"] != "printed":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @jobs_app.command("list")

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from printfleet.cli_common import OPTIONS, fail, out, setup_logging
+from printfleet.cli_common import EXIT_FAILED, OPTIONS, fail, out, setup_logging
 
 broker_app = typer.Typer(no_args_is_help=True, help="The MQTT broker.")
 
@@ -109,7 +109,7 @@ def demo_cmd(
     setup_logging(logging.WARNING)
     run = run_degraded_demo if degraded else run_demo
     ok = asyncio.run(run(console=out, timeout=timeout))
-    raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(0 if ok else EXIT_FAILED)
 
 
 @broker_app.command("run")

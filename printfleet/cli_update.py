@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from printfleet.cli_api import api, call
-from printfleet.cli_common import EXIT_INTERRUPTED, JsonOpt, emit_json, err, fail, out, ts
+from printfleet.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, JsonOpt, emit_json, err, fail, out, ts
 from printfleet.client import ApiClient, ClientError
 
 COMMAND_TERMINAL = {"succeeded", "failed", "rejected", "timed_out", "cancelled", "expired"}
@@ -125,7 +125,7 @@ def _finish_rollout(client: ApiClient, view: dict[str, Any], *, as_json: bool) -
     else:
         print_summary(view)
     if view["state"] != "completed" or view["counts"]["failed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def register_update_commands(cmd_app: typer.Typer) -> None:
@@ -208,7 +208,7 @@ def register_update_commands(cmd_app: typer.Typer) -> None:
                     line += f" ({cmd['detail']})"
                 out.print(line, markup=False)
         if wait and any(c["state"] != "succeeded" for c in results):
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_FAILED)
 
     @rollout_app.command("list")
     def rollout_list(
