@@ -29,8 +29,9 @@ from printfleet.cli_common import CliError, describe
 
 REPO = Path(__file__).resolve().parent.parent
 #: What no printer host or phone should need: the controller, the broker and their stacks.
-CONTROLLER_SIDE = ("cloud", "broker", "fastapi", "uvicorn", "sqlalchemy", "alembic", "aiosqlite", "amqtt")
-CONTROLLER_SIDE += ("PIL", "escpos", "printfleet.cli", "printfleet.runner", "printfleet.cli_serve")
+CONTROLLER_SIDE: tuple[str, ...] = ("cloud", "broker", "fastapi", "uvicorn", "sqlalchemy", "alembic")
+CONTROLLER_SIDE += ("aiosqlite", "amqtt", "PIL", "escpos", "printfleet.cli", "printfleet.runner")
+CONTROLLER_SIDE += ("printfleet.cli_serve",)
 #: The simulated BLE radio: only the bridge's `--ble-backend bumble:SPEC` (printfleet[ble-sim]) loads it.
 AGENT_FORBIDDEN = (*CONTROLLER_SIDE, "phone_bridge", "bleak", "bumble")
 BRIDGE_FORBIDDEN = (*CONTROLLER_SIDE, "device_agent", "serial")
@@ -161,8 +162,8 @@ def test_printfleet_agent_needs_no_controller_stack() -> None:
 
 # -- new virtual environments with one role installed (full: builds and installs) ---------------
 
-SOURCES = ("pyproject.toml", "README.md", "kernel", "printfleet", "broker", "cloud", "device_agent")
-SOURCES += ("phone_bridge",)
+SOURCES: tuple[str, ...] = ("pyproject.toml", "README.md", "kernel", "printfleet", "broker", "cloud")
+SOURCES += ("device_agent", "phone_bridge")
 
 
 @pytest.fixture(scope="module")

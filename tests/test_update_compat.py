@@ -155,12 +155,15 @@ async def test_an_agent_of_the_previous_release_updates_and_rolls_back(
         await _prints(fleet, printer, "printed by the new version")
 
         # on the host, the old release's own command goes back to the base environment
-        back = await asyncio.to_thread(
-            subprocess.run,
-            [host_python, "-m", "printfleet", "agent", "versions", "--config", cfg, "--use", "base"],
-            capture_output=True, text=True, timeout=60, check=False, env=_host_env(), cwd=cfg.parent,
+        argv = [str(host_python), "-m", "printfleet", "agent", "versions", "--config", str(cfg)]
+        argv += ["--use", "base"]
+        use_base = await asyncio.create_subprocess_exec(
+            *argv, env=_host_env(), cwd=cfg.parent,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
-        assert back.returncode == 0, back
+        said, _ = await asyncio.wait_for(use_base.communicate(), 60)
+        back = (use_base.returncode, said.decode())
+        assert back[0] == 0, back
         await fleet.cli("cmd", "restart-agent", "k1", "--wait", "--timeout", "60")
         await fleet.wait_device("k1", lambda d: d["agent_version"] == OLD_VERSION, timeout=15)
         await _prints(fleet, printer, "printed by the previous release again")
