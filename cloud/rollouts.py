@@ -296,7 +296,9 @@ class Rollouts:
                 ]
                 if counted > failures_allowed(total, rollout.abort_above_pct):
                     rollout.state = RolloutState.ABORTED.value
-                    rollout.finished_at = rollout.updated_at = now
+                    # not before the failures it counts: ``now`` was read before the last one landed
+                    ended = max([now, *(latest[d].finished_at or now for d in failed)])
+                    rollout.finished_at = rollout.updated_at = ended
                     rollout.next_start_at = None
                     rollout.detail = (
                         f"aborted: {counted} of {total} devices failed ({100 * counted / total:.1f} %,"
