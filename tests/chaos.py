@@ -238,6 +238,9 @@ class ChaosConfig:
     )
     #: Probability that a kill takes a second part down at the same time.
     double_kill: float = 0.15
+    #: The first kills take each target once (in a seeded order) before the random choice starts, so
+    #: a short run still kills every part (the small chaos test of ``make test``).
+    every_target_first: bool = False
     #: After the last submission, chaos goes on until the fleet drains or this many seconds pass.
     chaos_tail_s: float = 10.0
     #: Bound on the final wait for every job to become terminal.
@@ -607,15 +610,19 @@ class ChaosRun:
         if not weights:
             return
         names = sorted(weights)
+        first = rng.sample(names, len(names)) if self.cfg.every_target_first else []
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), rng.expovariate(1 / self.cfg.kill_every_s))
             if stop.is_set():
                 return
-            targets = {rng.choices(names, weights=[weights[n] for n in names])[0]}
-            if len(names) > 1 and rng.random() < self.cfg.double_kill:
-                # two parts down at once (e.g. the agent dies while the controller is away)
-                targets.add(rng.choice([n for n in names if n not in targets]))
+            if first:
+                targets = {first.pop(0)}
+            else:
+                targets = {rng.choices(names, weights=[weights[n] for n in names])[0]}
+                if len(names) > 1 and rng.random() < self.cfg.double_kill:
+                    # two parts down at once (e.g. the agent dies while the controller is away)
+                    targets.add(rng.choice([n for n in names if n not in targets]))
             await asyncio.gather(*(self._kill(t, random.Random(rng.random())) for t in sorted(targets)))
 
     async def _paper_loop(self, rng: random.Random, stop: asyncio.Event) -> None:

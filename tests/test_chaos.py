@@ -4,7 +4,9 @@ The chaos run SIGKILLs the agent, the controller and the broker at random and ta
 paper out, while a few hundred jobs are submitted; then every job must be terminal and paper must
 agree with the job states. The seed comes from ``PRINTFLEET_CHAOS_SEED``::
 
-    PRINTFLEET_CHAOS_SEED=7 .venv/bin/python -m pytest -s -m slow tests/test_chaos.py
+    PRINTFLEET_CHAOS_SEED=7 .venv/bin/python -m pytest -s -m "slow or full" tests/test_chaos.py
+
+``make test`` runs it small (60 jobs, denser chaos); ``make test-all`` also at the full 200 jobs.
 
 The checker tests below feed :func:`tests.chaos.check` synthetic outcomes that break each rule, so a
 chaos run that passes is one in which the rules were actually applied.
@@ -162,13 +164,12 @@ async def test_journal_reader_sees_a_job_started_but_not_finished(tmp_path: Path
 # -- the chaos run -------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(420)
-@pytest.mark.parametrize("broker", BROKERS)
-async def test_chaos_every_job_prints_exactly_once(broker: str, tmp_path: Path) -> None:
-    if broker == "mosquitto":
-        require_mosquitto()
-    config = ChaosConfig(workdir=tmp_path / "chaos", broker=broker, seed=seed_from_env(), jobs=200)  # type: ignore[arg-type]
+#: The chaos run of ``make test``: fewer jobs, denser chaos (a kill every 1.5 s on average, each part
+#: killed at least once, paper out every 3 s). The full-size run below is in ``make test-all``.
+SMALL = {"jobs": 60, "kill_every_s": 1.5, "paper_out_every_s": 3.0, "every_target_first": True}
+
+
+async def _every_job_prints_exactly_once(config: ChaosConfig) -> None:
     # bounded inside the test's own timeout, so that a hang still stops every process it started
     async with asyncio.timeout(380):
         report = await run_chaos(config)
@@ -183,6 +184,26 @@ async def test_chaos_every_job_prints_exactly_once(broker: str, tmp_path: Path) 
     # the chaos was not vacuous
     assert report.kills["agent"] >= 1 and report.kills["controller"] >= 1, details
     assert report.paper_out_episodes >= 1, details
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_chaos_small_every_job_prints_exactly_once(broker: str, tmp_path: Path) -> None:
+    if broker == "mosquitto":
+        require_mosquitto()
+    config = ChaosConfig(workdir=tmp_path / "chaos", broker=broker, seed=seed_from_env(), **SMALL)  # type: ignore[arg-type]
+    await _every_job_prints_exactly_once(config)
+
+
+@pytest.mark.full
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_chaos_every_job_prints_exactly_once(broker: str, tmp_path: Path) -> None:
+    if broker == "mosquitto":
+        require_mosquitto()
+    config = ChaosConfig(workdir=tmp_path / "chaos", broker=broker, seed=seed_from_env(), jobs=200)  # type: ignore[arg-type]
+    await _every_job_prints_exactly_once(config)
 
 
 # -- regressions: defects the chaos run found ------------------------------------------------------
