@@ -12,6 +12,16 @@ from broker.testing import mosquitto_available
 from tests.fleet import Fleet, running_fleet
 
 BROKERS = ["embedded", "mosquitto"]
+#: Fixtures that start a whole fleet (controller service, HTTP API, broker): a test using one is
+#: ``slow`` wherever it is written, so ``make test-fast`` (``-m "not slow and not full"``) leaves it
+#: out; ``make test`` runs it.
+FLEET_FIXTURES = frozenset({"fleet", "embedded_fleet"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if FLEET_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def require_mosquitto() -> None:

@@ -287,6 +287,7 @@ async def test_a_device_token_never_enrols_a_bridge_nor_the_reverse(embedded_fle
     assert resp.status_code == 404 and "no bridge named 'k1'" in resp.json()["error"]
 
 
+@pytest.mark.slow  # a whole fleet over mutual TLS
 async def test_bridge_enrolment_with_mutual_tls(tmp_path: Path) -> None:
     """Under --mtls the enrolled bridge gets a client certificate for brg-NAME from the fleet's CA;
     the embedded broker admits it for the bridge and for nobody else."""

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow  # the whole degraded demo as a process
 def test_demo_degraded_prints_once_over_ble_and_not_on_the_returning_host(tmp_path: Path) -> None:
     env = dict(os.environ, PRINTFLEET_HOME=str(tmp_path / "home"), COLUMNS="200")
     env.pop("PRINTFLEET_SERVER", None)

@@ -152,6 +152,7 @@ def _resolve(args: list[str]) -> tuple[list[str], Command, list[str]]:
     return path, cmd, used
 
 
+@pytest.mark.slow  # runs the CLI for every command the docs show
 def test_the_docs_show_printfleet_commands() -> None:
     assert len(COMMAND_LINES) > 20  # the parser still finds the examples
     shown = {tuple(_resolve(args)[0]) for _, args in COMMAND_LINES}

@@ -71,6 +71,7 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         proc.wait(15)
 
 
+@pytest.mark.slow  # a controller process, 150 examples
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=JOB_BODIES)
 def test_job_bodies(controller: tuple[str, str], body: dict[str, Any]) -> None:
@@ -87,6 +88,7 @@ def test_job_bodies(controller: tuple[str, str], body: dict[str, Any]) -> None:
             assert resp.status_code in (200, 201) and after == before + (resp.status_code == 201)
 
 
+@pytest.mark.slow  # a controller process, 100 examples
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode()))
 def test_raw_bodies_on_every_write_route(controller: tuple[str, str], body: bytes) -> None:
@@ -118,6 +120,7 @@ SECTIONS = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow  # 300 examples
 @settings(max_examples=300, deadline=None)
 @given(data=SECTIONS)
 def test_agent_config_only_raises_agent_error(data: dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from device_agent.config import write_config
 from kernel.sim.printer import PtyPrinter
 from tests.fleet import Fleet, running_fleet
@@ -125,6 +127,7 @@ async def test_cancel_held_job_and_clear_queue(embedded_fleet: Fleet) -> None:
         assert "cancel me" not in texts and "clear me" not in texts and "still works" in texts
 
 
+@pytest.mark.slow  # a whole fleet
 async def test_payload_purged_after_retention_history_kept(tmp_path: Path) -> None:
     async with PtyPrinter() as printer, running_fleet(tmp_path, "embedded", payload_retention_s=1.0) as fleet:
         await _online_agent(fleet, "k1", printer.url)

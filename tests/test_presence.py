@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import pytest
+
 from kernel.sim.printer import PtyPrinter
 from tests.fleet import Fleet
 
@@ -43,6 +45,7 @@ async def test_sigstop_offline_within_keepalive_budget_then_back(fleet: Fleet) -
         assert "after the freeze" in (await printer.wait_for_receipts(1, timeout=5))[0].text
 
 
+@pytest.mark.slow  # a whole fleet, restarted
 async def test_controller_restart_keeps_devices(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The controller restarts: agents re-announce themselves and printing continues."""
     from tests.fleet import running_fleet

@@ -46,6 +46,7 @@ async def slow_printer() -> AsyncIterator[PtyPrinter]:
         yield printer
 
 
+@pytest.mark.slow  # 48 KiB at a paced rate
 async def test_paced_48k_raster_job_loses_nothing(
     slow_printer: PtyPrinter, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,7 @@ from kernel.sim.printer import PtyPrinter
 from tests.fleet import running_fleet
 
 
+@pytest.mark.slow  # a whole fleet over TLS
 @pytest.mark.parametrize("mtls", [False, True], ids=["tls", "mtls"])
 async def test_print_over_tls(tmp_path: Path, mtls: bool) -> None:
     async with running_fleet(tmp_path, "embedded", tls=True, mtls=mtls) as fleet, PtyPrinter() as printer:
