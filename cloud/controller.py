@@ -9,7 +9,6 @@ group, so that one of them dying ends :meth:`~Controller.run` with its error.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from cloud.config import ControllerConfig
 from cloud.fleet.context import Fleet, device_peer
 from cloud.fleet.housekeeping import Housekeeping
 from cloud.fleet.inbound import Inbound
-from cloud.fleet.link import Link, LinkSettings, LinkState
+from cloud.fleet.link import FleetLink, link_settings
 from cloud.fleet.outbox import Outbox
 from cloud.jobs.intake import Intake
 from cloud.jobs.routing import Router, RoutingConfig
@@ -30,10 +29,12 @@ from cloud.keys import Keyring
 from cloud.presence import Presence
 from cloud.registry import Registry
 from kernel import wire
+from kernel.config import BrokerAddress, TlsSettings
+from kernel.session import LinkState, SessionError
 
 S = wire.JobState
 
-__all__ = ["Controller", "LinkState"]
+__all__ = ["Controller"]
 
 
 class Controller:
@@ -47,13 +48,12 @@ class Controller:
         jobs: JobStore,
         presence: Presence,
         keyring: Keyring,
-        broker_host: str,
-        broker_port: int,
+        broker: BrokerAddress,
         secret: str,
         session_number: int,
         on_kick: Callable[[str], Awaitable[object]] | None = None,
         audit: Audit | None = None,
-        tls_context: ssl.SSLContext | None = None,
+        tls: TlsSettings | None = None,
         commands: CommandStore | None = None,
         intake: Intake | None = None,
     ) -> None:
@@ -65,17 +65,12 @@ class Controller:
         self.commands = commands
         self.session_number = session_number
         self.peer = wire.Peer(role=wire.Role.CONTROLLER, name=config.controller_name)
-        self.link = Link(
+        self.link = FleetLink(
             peer=self.peer,
-            settings=LinkSettings(
-                host=broker_host,
-                port=broker_port,
-                secret=secret,
-                session_number=session_number,
-                instruction_ttl_s=config.instruction_ttl_s,
-                tls_context=tls_context,
-            ),
+            settings=link_settings(peer=self.peer, addresses=(broker,), secret=secret, tls=tls),
             keyring=keyring,
+            session_number=session_number,
+            instruction_ttl_s=config.instruction_ttl_s,
         )
         self.router = Router(
             jobs,
@@ -97,7 +92,6 @@ class Controller:
             commands=commands,
             audit=audit,
         )
-        self.link.on_connect(self.fleet.wake_outbox)
         self._inbound = Inbound(self.fleet)
         self._outbox = Outbox(self.fleet)
         self._housekeeping = Housekeeping(self.fleet)
@@ -106,15 +100,16 @@ class Controller:
     # -- lifecycle ----------------------------------------------------------------------------
 
     @property
-    def connected(self) -> asyncio.Event:
-        return self.link.connected
+    def online(self) -> asyncio.Event:
+        """Set while the controller's session with the broker is up."""
+        return self.link.online
 
     @property
     def state(self) -> LinkState:
         return self.link.state
 
     @property
-    def last_error(self) -> str | None:
+    def last_error(self) -> SessionError | None:
         return self.link.last_error
 
     @property
@@ -129,7 +124,10 @@ class Controller:
                 self.link.trusted[device.name] = tuple(device.trusted_kids)
         hk = self._housekeeping
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.link.run(self._inbound.put, self.fleet.security), name="controller-mqtt")
+            tg.create_task(
+                self.link.run(self._inbound.put, self.fleet.security, came_up=self.fleet.wake_outbox),
+                name="controller-mqtt",
+            )
             tg.create_task(self._outbox.run(), name="controller-outbox")
             tg.create_task(hk.presence_loop(), name="controller-presence")
             tg.create_task(hk.expiry_loop(), name="controller-housekeeping")

@@ -13,7 +13,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import ssl
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,8 @@ from cloud.registry import DbCredentials, Registry
 from cloud.rollouts import Rollouts
 from cloud.supervisor import Supervisor
 from kernel import __version__, tls, wire
+from kernel.config import BrokerAddress, TlsSettings
+from kernel.session import ConnectFailed, ConnectionLost
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +116,19 @@ class ControllerService:
                 )
                 await self.mosquitto_sync.sync()
 
-            tls_ctx: ssl.SSLContext | None = None
+            link_tls: TlsSettings | None = None
             if cfg.external_broker:
                 host, port, use_tls = parse_mqtt_url(cfg.external_broker)
                 mqtt_urls: tuple[str, ...] = (cfg.external_broker,)
                 if use_tls:
                     self.tls_files = self._tls_files(cfg)
-                    tls_ctx = self._client_tls(self.tls_files)
+                    link_tls = self._link_tls(self.tls_files)
             else:
                 assert self._broker_factory is not None
                 listener = Listener(host=cfg.mqtt_bind[0], port=cfg.mqtt_bind[1])
                 if cfg.tls:
                     self.tls_files = self._tls_files(cfg)
-                    tls_ctx = self._client_tls(self.tls_files)
+                    link_tls = self._link_tls(self.tls_files)
                     listener = Listener(
                         host=cfg.mqtt_bind[0],
                         port=cfg.mqtt_bind[1],
@@ -153,11 +154,10 @@ class ControllerService:
                 jobs=self.jobs,
                 presence=presence,
                 keyring=self.keyring,
-                broker_host=host,
-                broker_port=port,
+                broker=BrokerAddress(host=host, port=port, tls=link_tls is not None),
                 secret=secret,
                 session_number=session_number,
-                tls_context=tls_ctx,
+                tls=link_tls,
                 commands=self.commands,
                 on_kick=self.broker.kick if self.broker else None,
                 audit=self.audit,
@@ -221,9 +221,10 @@ class ControllerService:
                 http_url=http_url, mqtt_urls=mqtt_urls, advertised_http=adv_http, advertised_mqtt=adv_mqtt
             )
             try:
-                await asyncio.wait_for(self.controller.connected.wait(), timeout=15)
+                await asyncio.wait_for(self.controller.online.wait(), timeout=15)
             except TimeoutError:
-                reason = self.controller.last_error or "no answer"
+                error = self.controller.last_error
+                reason = error.reason if isinstance(error, ConnectFailed | ConnectionLost) else "no answer"
                 raise ControllerError(f"cannot connect to the broker at {host}:{port}: {reason}") from None
             cfg.data_dir.write_state(
                 {
@@ -276,11 +277,13 @@ class ControllerService:
     def _ctl_client_id(self) -> str:
         return wire.Peer(role=wire.Role.CONTROLLER, name=self.config.controller_name).client_id
 
-    def _client_tls(self, files: tls.TlsFiles) -> ssl.SSLContext:
+    def _link_tls(self, files: tls.TlsFiles) -> TlsSettings:
+        """The controller's own TLS: the fleet's CA, plus its client certificate under mutual TLS."""
+        ca = files.ca_cert.read_text()
         if self.config.mtls:
             cert, key = files.client(self._ctl_client_id)
-            return tls.client_context(files.ca_cert, cert, key)
-        return tls.client_context(files.ca_cert)
+            return TlsSettings(ca_pem=ca, cert_pem=cert.read_text(), key_pem=key.read_text())
+        return TlsSettings(ca_pem=ca)
 
     async def _credentials_changed(self) -> None:
         if self.mosquitto_sync is not None:
@@ -333,7 +336,7 @@ class ControllerService:
             checks["database"] = "ok"
         except Exception as exc:  # the probe reports, it does not raise
             checks["database"] = f"error: {exc}"
-        checks["broker_link"] = "ok" if self.controller.connected.is_set() else "disconnected"
+        checks["broker_link"] = "ok" if self.controller.online.is_set() else "disconnected"
         failure = self.supervisor.failure
         checks["tasks"] = "ok" if failure is None else f"error: {failure}"
         ok = all(v == "ok" for v in checks.values())

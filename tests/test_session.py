@@ -1,8 +1,8 @@
 """The MQTT peer session (kernel.session) against the embedded broker, in process, on port 0.
 
-The controller's side is a :class:`~kernel.session.Link` greeted the way the controller greets
-(a retained, signed ``ctl.online``; a retained, signed ``ctl.offline`` as its will): the shape the
-controller's link takes on the same session.
+The controller's side is a :class:`~kernel.session.Link` greeted by the controller's own
+:class:`~cloud.fleet.link.ControllerGreeter` (a retained, signed ``ctl.online``; a retained, signed
+``ctl.offline`` as its will), on the same session the controller's fleet link runs on.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 
 from broker import EmbeddedBroker, ListenerSpec, StaticCredentials
 from broker.testing import Account, free_port, make_account
+from cloud.fleet.link import ControllerGreeter
 from device_agent.agent import Agent
 from device_agent.config import parse_config
 from device_agent.journal import Journal
@@ -44,7 +45,6 @@ from kernel.session import (
     PeerSession,
     PeerSettings,
     Received,
-    Send,
     SessionMessage,
     SessionStore,
     StoreError,
@@ -97,30 +97,11 @@ def at(port: int) -> BrokerAddress:
 # -- the controller's side, on a Link --------------------------------------------------------------
 
 
-class ControllerGreeter:
-    """What the controller does on each connection: a retained will saying offline, a retained
-    birth saying online, both signed, with its session number."""
-
-    def __init__(self, key: wire.SigningKey, session: int) -> None:
-        self.key, self.session, self.seq = key, session, wire.Sequencer()
-
-    def _presence(self, body: wire.Body, seq: int) -> Outbound:
-        env = wire.Envelope.build(body, src=CTL, dst="*", seq=seq).signed(self.key)
-        return Outbound(topic=wire.CONTROLLER_PRESENCE_TOPIC, payload=env.encode(), retain=True)
-
-    async def will(self) -> Outbound:
-        return self._presence(wire.ControllerOffline(session=self.session), 0)
-
-    async def greet(self, send: Send) -> None:
-        body = wire.ControllerOnline(session=self.session, started_at=wire.now_ms())
-        await send(self._presence(body, self.seq.next()))
-
-
 class Controller:
     """A controller link in a test: sends signed instructions, collects what peers send up."""
 
     def __init__(self, fleet: Fleet, port: int, session: int = 1) -> None:
-        self.greeter = ControllerGreeter(fleet.key, session)
+        self.greeter = ControllerGreeter(peer=CTL, session=session, key=lambda: fleet.key)
         self.link = Link(
             LinkSettings(
                 addresses=(at(port),),
@@ -137,7 +118,7 @@ class Controller:
         env = wire.Envelope.build(
             body, src=CTL, dst=dst, seq=self.greeter.seq.next(), exp=wire.now_ms() + ttl_ms
         )
-        return env.signed(self.greeter.key)
+        return env.signed(self.greeter.key())
 
     async def send(self, env: wire.Envelope, dst: wire.Peer) -> None:
         out = Outbound(topic=dst.topic(wire.Channel.DOWN), payload=env.encode())

@@ -10,7 +10,7 @@ from cloud.audit import Audit
 from cloud.commands import CommandStore
 from cloud.config import ControllerConfig
 from cloud.errors import NotFound
-from cloud.fleet.link import Link
+from cloud.fleet.link import FleetLink
 from cloud.jobs.intake import Intake
 from cloud.jobs.routing import Router
 from cloud.jobs.store import JobStore
@@ -29,7 +29,7 @@ class Fleet:
     intake: Intake
     router: Router
     presence: Presence
-    link: Link
+    link: FleetLink
     commands: CommandStore | None = None
     audit: Audit | None = None
     #: Set to make the outbox look at once (a new job, a device back online, an answer).

@@ -1,10 +1,14 @@
 """The controller's one MQTT session with the fleet: signed instructions out, checked messages in.
 
-Everything that knows the MQTT client library lives in this module (it is where the session moves
-onto the kernel's shared peer session). :class:`Link` connects with a will, announces the
-controller's presence (signed, retained), subscribes, reconnects with backoff and jitter, and hands
-each accepted message to its ``deliver`` callback; :meth:`Link.send` publishes a signed, addressed,
-expiring instruction.
+The connection itself is the kernel's peer session (:class:`kernel.session.Link`: failover,
+reconnects with backoff and jitter, a timeout on every exchange, TLS built one way), the same code
+the device agent and the phone bridge run on. What is the controller's own lives here:
+
+* :class:`ControllerGreeter`: a retained, signed ``controller.offline`` as the will, and a
+  retained, signed ``controller.online`` with the controller's session number on every connection;
+* :class:`FleetLink`: the settings the controller connects with (:func:`link_settings`), each
+  inbound message checked (who sent it, on which topic, whether it may say that) before it is
+  handed on, and :meth:`FleetLink.send`, which publishes a signed, addressed, expiring instruction.
 """
 
 from __future__ import annotations
@@ -12,15 +16,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from enum import StrEnum
-
-import aiomqtt
 
 from cloud.keys import Keyring
 from kernel import wire
+from kernel.config import BrokerAddress, TlsSettings
+from kernel.session import (
+    Backoff,
+    Link,
+    LinkDown,
+    LinkSettings,
+    LinkState,
+    LinkUp,
+    Outbound,
+    Received,
+    Send,
+    SessionError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,112 +41,129 @@ Deliver = Callable[[wire.Peer, wire.Envelope], Awaitable[None]]
 #: Records a refusal that matters for security: (actor, action, target, detail).
 Security = Callable[[str, str, str | None, str], Awaitable[None]]
 
-
-class LinkState(StrEnum):
-    DISCONNECTED = "disconnected"
-    CONNECTED = "connected"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, kw_only=True)
-class LinkSettings:
-    host: str
-    port: int
-    secret: str
-    session_number: int
-    #: How long an instruction stays valid.
-    instruction_ttl_s: float
-    tls_context: ssl.SSLContext | None = None
+#: The controller's keep-alive: a dead controller's will is published within 1.5 times this.
+KEEPALIVE_S = 10
+#: Reconnect delays grow to this cap (then jittered).
+BACKOFF = Backoff(maximum=5.0)
+#: Inbound messages the session holds for the checker before it pushes back on the connection
+#: (as many as each of the inbound lanes holds).
+INBOUND_QUEUE = 10_000
 
 
-class Link:
-    def __init__(self, *, peer: wire.Peer, settings: LinkSettings, keyring: Keyring) -> None:
+def link_settings(
+    *, peer: wire.Peer, addresses: tuple[BrokerAddress, ...], secret: str, tls: TlsSettings | None = None
+) -> LinkSettings:
+    """How the controller connects: as ``peer`` (client id and user name alike), a clean session,
+    subscribed to everything the fleet sends up."""
+    return LinkSettings(
+        addresses=addresses,
+        client_id=peer.client_id,
+        username=peer.client_id,
+        password=secret,
+        keepalive=KEEPALIVE_S,
+        clean_session=True,
+        tls=tls,
+        subscriptions=wire.CONTROLLER_SUBSCRIPTIONS,
+        backoff=BACKOFF,
+        queue_size=INBOUND_QUEUE,
+    )
+
+
+class ControllerGreeter:
+    """What the controller says on each connection: a retained will saying offline, a retained
+    birth saying online, both signed, with its session number (one per controller start).
+
+    ``key`` gives the key to sign with at the moment of signing: the controller signs its presence
+    with the oldest key still in use, the one every peer trusts. ``seq`` numbers the births (the
+    controller shares it with its instructions); the will is always number 0.
+    """
+
+    def __init__(
+        self,
+        *,
+        peer: wire.Peer,
+        session: int,
+        key: Callable[[], wire.SigningKey],
+        seq: wire.Sequencer | None = None,
+    ) -> None:
         self.peer = peer
-        self.settings = settings
+        self.session = session
+        self.key = key
+        self.seq = seq or wire.Sequencer()
+
+    def _presence(self, body: wire.Body, seq: int) -> Outbound:
+        env = wire.Envelope.build(body, src=self.peer, dst="*", seq=seq).signed(self.key())
+        return Outbound(topic=wire.CONTROLLER_PRESENCE_TOPIC, payload=env.encode(), retain=True)
+
+    async def will(self) -> Outbound:
+        return self._presence(wire.ControllerOffline(session=self.session), 0)
+
+    async def greet(self, send: Send) -> None:
+        body = wire.ControllerOnline(session=self.session, started_at=wire.now_ms())
+        await send(self._presence(body, self.seq.next()))
+
+
+class FleetLink:
+    """The controller's session. Nothing connects before :meth:`run`; ``online`` is set while the
+    session is up (subscribed, greeted) and cleared as soon as it is not."""
+
+    def __init__(
+        self,
+        *,
+        peer: wire.Peer,
+        settings: LinkSettings,
+        keyring: Keyring,
+        session_number: int,
+        instruction_ttl_s: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.peer = peer
         self.keyring = keyring
+        self.session_number = session_number
+        #: How long an instruction stays valid.
+        self.instruction_ttl_s = instruction_ttl_s
         #: The signing key ids each peer reported trusting (from its heartbeats).
         self.trusted: dict[str, tuple[str, ...]] = {}
         self._seq = wire.Sequencer()
-        self._client: aiomqtt.Client | None = None
-        self.connected = asyncio.Event()
-        self.state = LinkState.DISCONNECTED
-        self.last_error: str | None = None
-        self._on_connect: Callable[[], None] = lambda: None
+        self.greeter = ControllerGreeter(
+            peer=peer, session=session_number, key=lambda: keyring.keys[-1], seq=self._seq
+        )
+        self._link = Link(settings, greeter=self.greeter, rng=rng)
 
-    def on_connect(self, callback: Callable[[], None]) -> None:
-        """Called each time the session is (re)established."""
-        self._on_connect = callback
+    @property
+    def online(self) -> asyncio.Event:
+        return self._link.online
+
+    @property
+    def state(self) -> LinkState:
+        return self._link.state
+
+    @property
+    def last_error(self) -> SessionError | None:
+        """Why the last connection, or attempt to connect, ended."""
+        return self._link.last_error
 
     # -- the session --------------------------------------------------------------------------
 
-    async def run(self, deliver: Deliver, security: Security) -> None:
-        """Keep the session up until cancelled; every accepted message goes to ``deliver``."""
-        cfg = self.settings
-        backoff = 0.2
-        offline = wire.Envelope.build(
-            wire.ControllerOffline(session=cfg.session_number), src=self.peer, dst="*", seq=0
-        ).signed(self.keyring.keys[-1])
-        try:
-            while True:
-                try:
-                    async with aiomqtt.Client(
-                        cfg.host,
-                        cfg.port,
-                        identifier=self.peer.client_id,
-                        username=self.peer.client_id,
-                        password=cfg.secret,
-                        keepalive=10,
-                        clean_session=True,
-                        timeout=10,
-                        will=aiomqtt.Will(
-                            wire.CONTROLLER_PRESENCE_TOPIC, offline.encode(), qos=1, retain=True
-                        ),
-                        socket_options=(wire.TCP_NODELAY_OPTION,),
-                        tls_context=cfg.tls_context,
-                    ) as client:
-                        for topic in wire.CONTROLLER_SUBSCRIPTIONS:
-                            await client.subscribe(topic, qos=1)
-                        # signed with the oldest key still in use: the one every peer trusts
-                        online = wire.Envelope.build(
-                            wire.ControllerOnline(session=cfg.session_number, started_at=wire.now_ms()),
-                            src=self.peer,
-                            dst="*",
-                            seq=self._seq.next(),
-                        ).signed(self.keyring.keys[-1])
-                        await client.publish(
-                            wire.CONTROLLER_PRESENCE_TOPIC, online.encode(), qos=1, retain=True
-                        )
-                        self._client = client
-                        self.state = LinkState.CONNECTED
-                        self.connected.set()
-                        self._on_connect()
-                        backoff = 0.2
-                        log.info("controller connected to broker %s:%d", cfg.host, cfg.port)
-                        async for message in client.messages:
-                            accepted = await self._accept(message, security)
-                            if accepted is not None:
-                                await deliver(*accepted)
-                except aiomqtt.MqttError as exc:
-                    self.last_error = str(exc)
-                    log.warning("controller lost the broker (%s); reconnecting in %.1f s", exc, backoff)
-                finally:
-                    self._client = None
-                    self.connected.clear()
-                    if self.state is not LinkState.STOPPED:
-                        self.state = LinkState.DISCONNECTED
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
-        finally:
-            self.state = LinkState.STOPPED
+    async def run(self, deliver: Deliver, security: Security, *, came_up: Callable[[], None]) -> None:
+        """Keep the session up until cancelled: every accepted message goes to ``deliver``, every
+        refusal that matters to ``security``; ``came_up`` is called each time it is (re)established."""
+        async with self._link:
+            async for event in self._link.events():
+                match event:
+                    case Received(topic=topic, payload=payload):
+                        accepted = await self._accept(topic, payload, security)
+                        if accepted is not None:
+                            await deliver(*accepted)
+                    case LinkUp():
+                        came_up()
+                    case LinkDown():
+                        pass  # the session logged it, and keeps why in last_error
 
     async def _accept(
-        self, message: aiomqtt.Message, security: Security
+        self, topic: str, payload: bytes, security: Security
     ) -> tuple[wire.Peer, wire.Envelope] | None:
         """Check where a message came from and that it may say what it says; None if not."""
-        topic = str(message.topic)
-        payload = message.payload
-        if not isinstance(payload, bytes | bytearray):
-            return None
         try:
             peer, channel = wire.parse_topic(topic)
             env = wire.decode(payload)
@@ -159,19 +188,16 @@ class Link:
         """An instruction: addressed, sequenced, signed (with a key ``dst`` trusts), valid for a bounded
         time only."""
         if exp is None:
-            exp = wire.now_ms() + int(self.settings.instruction_ttl_s * 1000)
+            exp = wire.now_ms() + int(self.instruction_ttl_s * 1000)
         key = self.keyring.for_peer(self.trusted.get(dst.name))
         return wire.Envelope.build(body, src=self.peer, dst=dst, seq=self._seq.next(), exp=exp).signed(key)
 
     async def send(self, peer: wire.Peer, body: wire.Body) -> bool:
         """Publish a signed instruction to a peer; False if the broker is not reachable now."""
-        client = self._client
-        if client is None:
+        if self.state is not LinkState.ONLINE:
             return False
         env = self.instruction(body, peer)
-        try:
-            await client.publish(peer.topic(wire.Channel.DOWN), env.encode(), qos=1)
-        except aiomqtt.MqttError as exc:
-            log.warning("publish to %s failed: %s", peer, exc)
-            return False
-        return True
+        sent = await self._link.publish(Outbound(topic=peer.topic(wire.Channel.DOWN), payload=env.encode()))
+        if not sent:
+            log.warning("publish to %s failed", peer)
+        return sent

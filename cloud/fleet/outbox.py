@@ -33,7 +33,7 @@ class Outbox:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fleet.wake.wait(), timeout=0.5)
             fleet.wake.clear()
-            if not fleet.link.connected.is_set():
+            if not fleet.link.online.is_set():
                 continue
             await self.pass_once()
 
