@@ -1,6 +1,7 @@
 """The controller's side of the fleet link, by concern.
 
-* :mod:`~cloud.fleet.link` - the one MQTT session (everything that knows the MQTT library);
+* :mod:`~cloud.fleet.link` - the controller's MQTT session, on the kernel's peer session
+  (:mod:`kernel.session`): its signed presence, inbound checks and signed instructions;
 * :mod:`~cloud.fleet.inbound` - a handler per message type (a registry), in two lanes;
 * :mod:`~cloud.fleet.outbox` - sends and resends jobs, commands and bridge offers until acknowledged;
 * :mod:`~cloud.fleet.housekeeping` - presence deadlines, expiry, payload purges, broker refusals;
