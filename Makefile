@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy printfleet broker cloud device_agent phone_bridge
+	$(BIN)/mypy kernel printfleet broker cloud device_agent phone_bridge
 
 # Re-resolve the tested versions after changing pyproject.toml.
 lock:

@@ -282,8 +282,13 @@ class ControllerService:
         ca = files.ca_cert.read_text()
         if self.config.mtls:
             cert, key = files.client(self._ctl_client_id)
-            return TlsSettings(ca_pem=ca, cert_pem=cert.read_text(), key_pem=key.read_text())
-        return TlsSettings(ca_pem=ca)
+            settings = TlsSettings(ca_pem=ca, cert_pem=cert.read_text(), key_pem=key.read_text())
+        else:
+            settings = TlsSettings(ca_pem=ca)
+        # Build the context once now: a malformed PEM in the TLS directory fails the start, as it
+        # always did, instead of killing the link task at its first connect.
+        tls.client_context_from_pem(settings.ca_pem, settings.cert_pem, settings.key_pem)
+        return settings
 
     async def _credentials_changed(self) -> None:
         if self.mosquitto_sync is not None:

@@ -14,9 +14,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device_agent.claims import Claims
-from device_agent.config import AgentConfig, AgentError
+from device_agent.config import AgentConfig
+from device_agent.errors import AgentError, CommandRejected
 from device_agent.journal import Journal
-from device_agent.maintenance import CommandRejected, Executor, HostCommands, LogBuffer
+from device_agent.maintenance import Executor, HostCommands, LogBuffer
 from device_agent.update import updater_for
 from device_agent.worker import PortFactory, PrinterWorker
 from kernel import __version__, wire

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from device_agent.errors import CommandRejected, HostCommandFailed
+from device_agent.errors import CommandRejected, HostCommandFailed, UpdateFailed, UpdateRefused
 from device_agent.journal import Journal
-from device_agent.update import UpdateFailed, Updater, UpdateRefused
+from device_agent.update import Updater
 from kernel import wire
 
 log = logging.getLogger(__name__)

@@ -405,7 +405,7 @@ def parse_json(data: bytes | bytearray | str) -> Any:
         obj = json.loads(text, parse_constant=_no_constant)
         if _SURROGATE_ESCAPE.search(text):
             canonical(obj)  # a lone surrogate cannot be encoded: refuse it now, not when signing
-    except UnicodeError as exc:
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
         raise _Invalid((), f"Invalid JSON: {exc.reason}") from None
     except (ValueError, RecursionError) as exc:
         raise _Invalid((), f"Invalid JSON: {exc}") from None
