@@ -180,13 +180,18 @@ class CommandStore:
         log.warning("command %s: %s not applied, the state kept changing", command_id, new)
         return False
 
-    async def mark_sent(self, command_id: str, *, attempt: int, next_attempt_at: int) -> None:
-        """Record a send (the first one moves the command to ``sent``), unless it finished meanwhile."""
+    async def mark_sent(self, command_id: str, *, attempt: int, next_attempt_at: int) -> bool:
+        """Record a send before it goes out (the first one moves the command to ``sent``).
+
+        ``False`` when the command finished meanwhile (cancelled at a rollout's abort, say): the
+        caller must not send it. Recording first closes the window in which a command could be
+        cancelled as "never sent" after it had gone out.
+        """
         for _ in range(8):
             async with self._sessions.begin() as s:
                 cmd = await s.get(Command, command_id)
                 if cmd is None or C(cmd.state).terminal:
-                    return
+                    return False
                 current = C(cmd.state)
                 first = current is C.QUEUED
                 now = wire.now_ms()
@@ -202,7 +207,8 @@ class CommandStore:
                 device = cmd.device_name
             if first:
                 self._announce(command_id, device, C.SENT, None)
-            return
+            return True
+        return False
 
     @staticmethod
     async def _compare_and_set(

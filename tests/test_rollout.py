@@ -130,7 +130,10 @@ async def test_a_rollout_over_50_agents_aborts_at_the_threshold_and_names_the_fa
                 break
             await asyncio.sleep(0.1)  # observer polling, bounded
         assert all(devices[d["device"]] == "0.2.0" for d in succeeded), devices
-        assert all(devices[name] == __version__ for name in skipped + failed)
+        assert all(devices[name] == __version__ for name in skipped + failed), (
+            {name: devices[name] for name in skipped + failed},
+            {c["device"]: c["state"] for c in commands},
+        )
         hosts_by_name = {h.name: h for h in hosts}
         assert hosts_by_name["h00"].started == [__version__, "0.2.0"]  # restarted once, into 0.2.0
         assert hosts_by_name[bad[0]].started == [__version__]  # never restarted
@@ -302,3 +305,30 @@ async def test_a_rollout_carries_on_after_a_controller_restart(engine: Any) -> N
     await after_restart.step(t0 + 1000)
     assert set(await _by_device(commands, rid)) == {"d0", "d1"}
     assert len(await commands.list(rollout=rid)) == 2
+
+
+async def test_a_command_is_recorded_sent_before_it_goes_out_so_an_abort_never_cancels_a_sent_one(
+    engine: Any,
+) -> None:
+    """The outbox records a send before publishing: a command cancelled while queued is refused
+    the send, and one already recorded as sent is not cancelled as "never sent" (found as a host
+    that ran 0.2.0 while its rollout called it skipped)."""
+    rollouts, commands, _ = engine
+    rid = await _create(rollouts, 2, rate=6000, abort_above=100)
+    now = (await rollouts.get(rid)).next_start_at
+    await rollouts.step(now)
+    await rollouts.step(now + 10)
+    cmds = await _by_device(commands, rid)
+    abort_only_unsent = frozenset({C.QUEUED})
+    # d0: the abort wins the race; the outbox must then not send it
+    assert await commands.transition(
+        cmds["d0"].id, C.CANCELLED, detail="rollout aborted", source="controller", only_from=abort_only_unsent
+    )
+    assert await commands.mark_sent(cmds["d0"].id, attempt=1, next_attempt_at=now) is False
+    assert (await commands.get(cmds["d0"].id)).state == "cancelled"
+    # d1: the send is recorded first; the abort's cancel of unsent commands then leaves it alone
+    assert await commands.mark_sent(cmds["d1"].id, attempt=1, next_attempt_at=now) is True
+    assert not await commands.transition(
+        cmds["d1"].id, C.CANCELLED, detail="rollout aborted", source="controller", only_from=abort_only_unsent
+    )
+    assert (await commands.get(cmds["d1"].id)).state == "sent"

@@ -78,10 +78,15 @@ class Outbox:
             expires_at=cmd.expires_at,
             timeout_s=cmd.timeout_s,
         )
-        if await fleet.send(device_peer(cmd.device_name), body) and fleet.commands is not None:
-            await fleet.commands.mark_sent(
-                cmd.id, attempt=attempt, next_attempt_at=self._next_attempt(attempt, now)
-            )
+        if fleet.commands is None:
+            return
+        # Recorded before it goes out: a command cancelled while queued is then never sent, and a
+        # command that went out can no longer be cancelled as "never sent". A send that fails is
+        # retried at next_attempt_at (and at once when the device comes back).
+        if await fleet.commands.mark_sent(
+            cmd.id, attempt=attempt, next_attempt_at=self._next_attempt(attempt, now)
+        ):
+            await fleet.send(device_peer(cmd.device_name), body)
 
     async def _dispatch_job(self, job: Job, now: int) -> None:
         fleet = self._fleet
