@@ -16,12 +16,13 @@ run: $(STAMP)
 	$(BIN)/printfleet up --demo
 
 # Two tiers (README "Set up"). `make test`: every invariant at small size, on XDIST workers (tests
-# use free ports and their own tmp paths). Most tests wait on real time (processes, brokers, ptys),
-# so 3 workers on 2 cores beat 2: 5 min 16 s against 6 min 16 s for the same tier, measured on a
-# quiet 2-core machine; worksteal keeps the long chaos runs from leaving a worker idle at the end.
+# use free ports and their own tmp paths); worksteal keeps the long chaos runs from leaving a worker
+# idle at the end. 3 workers finish the tier in 5 min 16 s on a quiet 2-core machine against 6 min
+# 16 s for 2, but under 3 a controller's shutdown hung once on mosquitto (test_bridge_security), so
+# 2 stay the default until that is understood.
 # `make test-all`: the same, then the full-size runs (-m full) one at a time; exit code 5 (nothing
 # marked full collected) is not a failure. `make test-fast`: the sub-minute loop, no slow tests.
-XDIST ?= 3
+XDIST ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(XDIST) --dist worksteal
 
 test: $(STAMP)
