@@ -472,26 +472,29 @@ async def test_forged_misaddressed_and_expired_instructions_are_refused(fleet: F
 async def test_the_bridge_follows_controller_presence(fleet: Fleet, tmp_path: Path) -> None:
     """A bridge sees the controller go offline (its will) and come back, and announces itself again
     to a restarted controller (a new controller session)."""
-    async with broker(fleet) as b:
+    async with broker(fleet) as b, contextlib.AsyncExitStack() as outer:
         config = _bridge_config(fleet, b.port, tmp_path)
-        async with open_bridge(config, backend="bleak") as bridge:
-            async with controller(fleet, b.port, session=7) as ctl:
-                async with asyncio.timeout(WAIT_S):
-                    await bridge.controller_online.wait()
-                assert bridge.controller == ControllerStatus(state=ControllerState.ONLINE, session=7)
-                await ctl.expect(wire.MsgType.BIRTH)
-                assert await b.kick(CTL.client_id)  # the controller's connection dies: its will fires
-                await _until(lambda: not bridge.controller_online.is_set())
-                assert bridge.controller == ControllerStatus(state=ControllerState.OFFLINE, session=7)
-                await _until(bridge.controller_online.is_set)  # its link reconnected by itself
-            # then a restarted controller (a new session)
-            async with controller(fleet, b.port, session=8) as ctl2:
-                again = await ctl2.expect(wire.MsgType.BIRTH)  # announced again to the new session
-                assert bridge.controller.session == 8 and bridge.controller_online.is_set()
-                assert (
-                    again.parsed(wire.Birth).session
-                    == (await ctl2.expect(wire.MsgType.SYNC_REQUEST)).parsed(wire.SyncRequest).session
-                )
+        # The controller first, so that it hears the bridge's birth. (A peer that connected before
+        # any controller had ever been online announces itself at its next heartbeat instead: the
+        # first presence it sees is no restart.) The bridge outlives this first controller.
+        async with controller(fleet, b.port, session=7) as ctl:
+            bridge = await outer.enter_async_context(open_bridge(config, backend="bleak"))
+            async with asyncio.timeout(WAIT_S):
+                await bridge.controller_online.wait()
+            assert bridge.controller == ControllerStatus(state=ControllerState.ONLINE, session=7)
+            await ctl.expect(wire.MsgType.BIRTH)
+            assert await b.kick(CTL.client_id)  # the controller's connection dies: its will fires
+            await _until(lambda: not bridge.controller_online.is_set())
+            assert bridge.controller == ControllerStatus(state=ControllerState.OFFLINE, session=7)
+            await _until(bridge.controller_online.is_set)  # its link reconnected by itself
+        # then a restarted controller (a new session)
+        async with controller(fleet, b.port, session=8) as ctl2:
+            again = await ctl2.expect(wire.MsgType.BIRTH)  # announced again to the new session
+            assert bridge.controller.session == 8 and bridge.controller_online.is_set()
+            assert (
+                again.parsed(wire.Birth).session
+                == (await ctl2.expect(wire.MsgType.SYNC_REQUEST)).parsed(wire.SyncRequest).session
+            )
 
 
 async def test_a_stale_controller_presence_never_moves_it_backwards(fleet: Fleet) -> None:
